@@ -1,0 +1,77 @@
+"""Site calibration: CT/PT ratios, per-point scale and offset -> a Reading.
+
+A meter on a current transformer measures the secondary side: 200/5 A CTs make a 40 × smaller
+current, power and energy. The ratio applies to the quantities it scales (drivers.quantities.Ratio):
+currents × CT, voltages × PT, powers and energies × CT × PT; frequency and power factor never.
+Then a point's own ``scale`` and ``offset`` (continuity after a meter replacement, a known error).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from collector.config import Meter
+from drivers.modbus.device import DeviceRead, tidy
+from drivers.quantities import Ratio
+
+GOOD, PARTIAL, BAD = "good", "partial", "bad"
+
+
+@dataclass(slots=True)
+class Reading:
+    """One meter read at one slot, calibrated, ready for the buffer."""
+
+    meter: str
+    slot: datetime  #: the wall-clock slot the poll belongs to
+    ts: datetime  #: when the values were read
+    values: dict[str, float] = field(default_factory=dict)  #: calibrated, canonical units
+    meter_values: dict[str, float] = field(default_factory=dict)  #: as the meter reports, canonical units
+    raw: dict[str, int | float] = field(default_factory=dict)  #: register contents decoded, unscaled
+    registers: dict[str, list[int]] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+    quality: str = GOOD
+    requests: int = 0
+    seconds: float = 0.0
+
+
+def ratio_factor(ratio: Ratio, ct: float, pt: float) -> float:
+    if ratio is Ratio.CT:
+        return ct
+    if ratio is Ratio.PT:
+        return pt
+    if ratio is Ratio.CT_PT:
+        return ct * pt
+    return 1.0
+
+
+def calibrate(meter: Meter, read: DeviceRead, slot: datetime, ts: datetime) -> Reading:
+    cal = meter.calibration
+    values: dict[str, float] = {}
+    for name, value in read.values.items():
+        point = meter.model.point(name)
+        pc = cal.points.get(name)
+        v = value * ratio_factor(point.ratio, cal.ct_ratio, cal.pt_ratio)
+        if pc is not None:
+            v = v * pc.scale + pc.offset
+        values[name] = tidy(v)
+    wanted = len(read.values) + len(read.errors)
+    if read.failure is not None or not values:
+        quality = BAD
+    elif read.errors or len(values) < wanted:
+        quality = PARTIAL
+    else:
+        quality = GOOD
+    return Reading(
+        meter=meter.id,
+        slot=slot,
+        ts=ts,
+        values=values,
+        meter_values=dict(read.values),
+        raw=dict(read.raw),
+        registers=dict(read.registers),
+        errors=dict(read.errors),
+        quality=quality,
+        requests=read.requests,
+        seconds=read.seconds,
+    )

@@ -1,0 +1,284 @@
+"""The command line (DESIGN.md §5): parse, call, render. Exit codes: 0 ok, 1 a meter failed, 2 usage
+or config error."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from collector import __version__
+from collector.calibration import GOOD, Reading
+from collector.config import Config, load_config
+from drivers import registry
+from drivers.source import ProblemsError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def iso(ts: datetime) -> str:
+    """2026-11-27T08:00:00.412Z"""
+    return ts.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts.microsecond // 1000:03d}Z"
+
+
+def _load(path: str) -> Config | None:
+    try:
+        return load_config(path)
+    except ProblemsError as exc:
+        print(exc.render(), file=sys.stderr)
+        return None
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return EXIT_USAGE
+    print(f"{config.path}: valid, {len(config.buses)} bus(es), {len(config.meters)} meter(s)")
+    return EXIT_OK
+
+
+def cmd_read(args: argparse.Namespace) -> int:
+    from collector.bus import read_once
+
+    config = _load(args.config)
+    if config is None:
+        return EXIT_USAGE
+    meters = list(config.meters)
+    if args.meter:
+        known = {m.id for m in meters}
+        unknown = [m for m in args.meter if m not in known]
+        if unknown:
+            from drivers.source import suggest
+
+            for u in unknown:
+                print(f'read: unknown meter "{u}"{suggest(u, known)}', file=sys.stderr)
+            return EXIT_USAGE
+        meters = [m for m in meters if m.id in args.meter]
+    readings = asyncio.run(read_once(config, meters, with_hidden=args.raw))
+    for r in readings:
+        if args.json:
+            print(json.dumps(reading_json(r, config), ensure_ascii=False))
+        else:
+            print(render_reading(r, config, raw=args.raw))
+    return EXIT_OK if all(r.quality == GOOD for r in readings) else EXIT_FAILED
+
+
+def reading_json(r: Reading, config: Config) -> dict[str, Any]:
+    meter = config.meter(r.meter)
+    return {
+        "meter": r.meter,
+        "ts": iso(r.ts),
+        "values": r.values,
+        "raw": r.raw,
+        "quality": r.quality,
+        "errors": r.errors,
+        "units": {n: meter.model.point(n).unit for n in r.values},
+        "model": meter.model.name,
+        "requests": r.requests,
+    }
+
+
+def _fmt(v: float | int | None) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, int):
+        return str(v)
+    return f"{v:.10g}"
+
+
+def render_reading(r: Reading, config: Config, *, raw: bool = False) -> str:
+    meter = config.meter(r.meter)
+    bus = config.buses[meter.bus]
+    head = (
+        f"{r.meter}  {meter.model.name} on {bus.name} ({bus.describe()}) unit {meter.address}: "
+        f"{r.quality}, {r.requests} request(s), {r.seconds * 1000:.0f} ms"
+    )
+    lines = [head]
+    names = [
+        p.name for p in meter.model.points if p.name in r.values or p.name in r.errors or (raw and p.name in r.raw)
+    ]
+    width = max([len(n) for n in names] + [5])
+    if raw:
+        lines.append(f"  {'point':<{width}}  {'registers':<19}  {'raw':>12}  {'meter':>12}  {'calibrated':>12}  unit")
+    for name in names:
+        p = meter.model.point(name)
+        if name in r.errors and name not in r.raw:
+            lines.append(f"  {name:<{width}}  error: {r.errors[name]}")
+            continue
+        if raw:
+            regs = " ".join(f"{w:04X}" for w in r.registers.get(name, []))
+            cal = r.values.get(name)
+            shown = _fmt(cal) if p.publish else "(not published)"
+            lines.append(
+                f"  {name:<{width}}  {regs:<19}  {_fmt(r.raw.get(name)):>12}  "
+                f"{_fmt(r.meter_values.get(name)):>12}  {shown:>12}  {p.unit}"
+            )
+            if name in r.errors:
+                lines.append(f"  {'':<{width}}  error: {r.errors[name]}")
+        else:
+            lines.append(f"  {name:<{width}}  {_fmt(r.values.get(name)):>14} {p.unit}")
+    return "\n".join(lines)
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    if args.action == "show":
+        if not args.name:
+            print("models show: name a model (models list shows them)", file=sys.stderr)
+            return EXIT_USAGE
+        try:
+            model = registry.load(args.name, Path.cwd())
+        except KeyError:
+            from drivers.source import suggest
+
+            print(f'unknown model "{args.name}"{suggest(args.name, registry.names())}', file=sys.stderr)
+            return EXIT_USAGE
+        except ProblemsError as exc:
+            print(exc.render(), file=sys.stderr)
+            return EXIT_USAGE
+        from drivers.modbus.codec import order_name
+        from drivers.modbus.planner import DEFAULT_GAP_SERIAL, plan
+
+        print(f"{model.name}: {model.vendor} {model.model} ({model.kind}, {model.protocol})")
+        print(f"manual: {model.manual}")
+        print(f"{'point':<24} {'fc':>2} {'address':>8} {'type':<8} {'order':<5} {'scale':>10} unit")
+        for p in model.points:
+            order = order_name(p) if p.registers > 1 else ("AB" if p.byte_order == "big" else "BA")
+            flag = "" if p.publish else "  (not published)"
+            print(
+                f"{p.name:<24} {p.function.code:>2} {p.address:#08x} {p.type.value:<8} {order:<5} "
+                f"{p.scale:>10g} {p.unit}{flag}"
+            )
+        print(f"\nread plan for every point (serial gap budget {DEFAULT_GAP_SERIAL}):")
+        for req in plan(model, list(model.points), gap=DEFAULT_GAP_SERIAL):
+            print(f"  {req}")
+        return EXIT_OK
+    for name in registry.names():
+        m = registry.load(name)
+        print(f"{name:<20} {m.kind:<12} {m.vendor} {m.model}")
+    return EXIT_OK
+
+
+def _hostport(text: str, default_port: int) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not host:
+        return text, default_port
+    return host, int(port)
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from collector.simulator import make_slave, parse_ids
+    from drivers.modbus.server import SerialServer, TcpServer
+
+    try:
+        model = registry.load(args.model, Path.cwd())
+        ids = parse_ids(args.ids)
+    except KeyError:
+        print(f'simulate: unknown model "{args.model}"', file=sys.stderr)
+        return EXIT_USAGE
+    except (ValueError, ProblemsError) as exc:
+        print(f"simulate: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    serial = args.serial is not None or args.rtu_over_tcp is not None
+    slave, _ = make_slave(
+        model, ids, serial=serial, baudrate=args.baud if args.line_timing else None, static=args.static
+    )
+
+    async def serve() -> None:
+        server: Any
+        if args.serial:
+            server = SerialServer(slave, args.serial, baudrate=args.baud, parity=args.parity)
+            where = f"serial {args.serial} {args.baud} 8{args.parity}1"
+        else:
+            spec = args.rtu_over_tcp or args.tcp or "127.0.0.1:5020"
+            host, port = _hostport(spec, 502)
+            server = TcpServer(slave, host, port, rtu=args.rtu_over_tcp is not None)
+            kind = "rtu-over-tcp" if args.rtu_over_tcp else "tcp"
+        await server.start()
+        if not args.serial:
+            where = f"{kind} {server.host}:{server.port}"
+        print(
+            f"simulating {model.name} unit(s) {args.ids} on {where}"
+            f"{' with line timing' if args.line_timing else ''}; Ctrl-C stops",
+            flush=True,
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await server.stop()
+        counts = ", ".join(f"unit {u}: {n}" for u, n in sorted(slave.requests.items())) or "none"
+        print(f"requests answered: {counts}; unanswered (unknown unit): {slave.unanswered}", flush=True)
+
+    asyncio.run(serve())
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from collector.demo import run_demo
+
+    return run_demo(duration=args.duration)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="meter-collector", description="Read meters; deliver every reading.")
+    p.add_argument("--version", action="version", version=f"meter-collector {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    c = sub.add_parser("check", help="validate a config; exit 0 valid, 2 invalid")
+    c.add_argument("-c", "--config", required=True)
+    c.set_defaults(func=cmd_check)
+
+    r = sub.add_parser("read", help="read meters once: raw and calibrated values")
+    r.add_argument("-c", "--config", required=True)
+    r.add_argument("--meter", action="append", default=[], metavar="ID", help="only this meter (repeatable)")
+    r.add_argument("--raw", action="store_true", help="show registers, raw and uncalibrated values too")
+    r.add_argument("--json", action="store_true", help="one JSON object per meter")
+    r.set_defaults(func=cmd_read)
+
+    m = sub.add_parser("models", help="list meter models or show one with its read plan")
+    m.add_argument("action", nargs="?", choices=("list", "show"), default="list")
+    m.add_argument("name", nargs="?")
+    m.set_defaults(func=cmd_models)
+
+    s = sub.add_parser("simulate", help="serve simulated meters of a model")
+    s.add_argument("--model", required=True)
+    where = s.add_mutually_exclusive_group()
+    where.add_argument("--tcp", metavar="HOST:PORT", help="Modbus TCP (default 127.0.0.1:5020)")
+    where.add_argument("--rtu-over-tcp", metavar="HOST:PORT", help="RTU frames over TCP (serial server)")
+    where.add_argument("--serial", metavar="DEV", help="RTU on a serial device (e.g. one end of a socat pair)")
+    s.add_argument("--ids", default="1", help="unit ids, e.g. 1-10 or 1,3,5 (default 1)")
+    s.add_argument("--baud", type=int, default=9600)
+    s.add_argument("--parity", choices=("N", "E", "O"), default="N")
+    s.add_argument("--line-timing", action="store_true", help="delay replies by their wire time at --baud")
+    s.add_argument("--static", action="store_true", help="freeze values (to compare two masters)")
+    s.set_defaults(func=cmd_simulate)
+
+    d = sub.add_parser("demo", help="simulated meters read end to end on this machine")
+    d.add_argument("--duration", type=float, default=0.0, help="seconds to keep reading (0: read once)")
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,453 @@
+"""Site config: YAML -> validated, frozen settings (DESIGN.md §4). No I/O beyond reading files.
+
+Everything is checked before anything starts, every problem is reported at once with file:line and
+the field's path, and a name that is almost right gets a "did you mean". Then a second pass checks
+rules across items: a meter on an unknown bus, a duplicate id, two meters with one address on one
+bus. Unknown keys are errors: a typo must not pass silently.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from drivers import registry
+from drivers.model import Model
+from drivers.source import (
+    Fields,
+    Node,
+    ProblemsError,
+    Sink,
+    duration_field,
+    items,
+    load_file,
+    parse_size,
+    suggest,
+)
+
+ID = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
+BUS_TYPES = ("rtu", "tcp", "rtu-over-tcp")
+BAUD_RATES = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
+DAY = 86400.0
+
+
+@dataclass(frozen=True, slots=True)
+class Gateway:
+    id: str
+    site: str = ""
+    building: str = ""
+
+
+DEFAULT_BUFFER = "/var/lib/meter-collector/buffer.db"
+DEFAULT_MAX_AGE = 30 * DAY
+DEFAULT_MAX_SIZE = 2 * 1000**3
+
+
+@dataclass(frozen=True, slots=True)
+class Storage:
+    path: str = DEFAULT_BUFFER
+    max_age: float = DEFAULT_MAX_AGE  #: seconds
+    max_size: int = DEFAULT_MAX_SIZE  #: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Mqtt:
+    url: str
+    host: str
+    port: int
+    tls: bool
+    client_id: str
+    username: str | None = None
+    password_file: str | None = None  #: the password itself is read at connect time, never kept here
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    topic_prefix: str = "meters"
+    protocol: str = "5"  #: "5" or "3.1.1"
+    keepalive: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class Bus:
+    name: str
+    type: str
+    device: str = ""  #: serial device (rtu)
+    host: str = ""
+    port: int = 502
+    baudrate: int = 9600
+    parity: str = "N"
+    stopbits: int = 1
+    bytesize: int = 8
+    timeout: float = 0.5
+    retries: int = 1
+    pause: float = 0.0
+    drain: float | None = None
+    gap: int | None = None
+    line: int = 0
+
+    @property
+    def serial(self) -> bool:
+        return self.type == "rtu"
+
+    def describe(self) -> str:
+        if self.type == "rtu":
+            return f"{self.device} {self.baudrate} {self.bytesize}{self.parity}{self.stopbits}"
+        return f"{self.type}://{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class PointCalibration:
+    scale: float = 1.0
+    offset: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Calibration:
+    ct_ratio: float = 1.0
+    pt_ratio: float = 1.0
+    points: dict[str, PointCalibration] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Meter:
+    id: str
+    bus: str
+    address: int
+    model: Model
+    model_ref: str
+    interval: float = 60.0
+    category: str | None = None
+    points: tuple[str, ...] = ()  #: what is published; default: every published point of the model
+    calibration: Calibration = Calibration()
+    line: int = 0
+    where: str = ""  #: path in the config, e.g. meters[3]
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    path: str
+    gateway: Gateway
+    storage: Storage
+    mqtt: Mqtt | None
+    buses: dict[str, Bus]
+    meters: tuple[Meter, ...]
+
+    def meter(self, meter_id: str) -> Meter:
+        for m in self.meters:
+            if m.id == meter_id:
+                return m
+        raise KeyError(meter_id)
+
+
+def load_config(path: str | Path) -> Config:
+    """Load and validate a site config; raises drivers.source.ProblemsError listing every problem."""
+    path = Path(path)
+    root = load_file(path)
+    sink = Sink(str(path))
+    config = _build(root, path, sink)
+    sink.raise_if_any()
+    assert config is not None
+    return config
+
+
+def _build(root: Node, path: Path, sink: Sink) -> Config | None:
+    top = Fields(root, "", sink)
+    if not top.ok:
+        return None
+    gateway = _gateway(top, sink, root)
+    storage = _storage(top, sink, root)
+    mqtt = _mqtt(top.raw("mqtt"), sink, gateway.id)
+    buses: dict[str, Bus] = {}
+    for where, node in items(top.raw("buses"), "buses", sink):
+        bus = _bus(node, where, sink)
+        if bus is None:
+            continue
+        if bus.name in buses:
+            sink.add(
+                node.line, where, f'duplicate bus name "{bus.name}" (first on line {buses[bus.name].line})', bus.name
+            )
+            continue
+        buses[bus.name] = bus
+    meters: list[Meter] = []
+    seen: dict[str, int] = {}
+    for where, node in items(top.raw("meters"), "meters", sink):
+        meter = _meter(node, where, sink, buses, path.parent)
+        if meter is None:
+            continue
+        if meter.id in seen:
+            sink.add(node.line, f"{where}.id", f"duplicate meter id (first on line {seen[meter.id]})", meter.id)
+            continue
+        seen[meter.id] = node.line
+        meters.append(meter)
+    top.done()
+    if not meters and top.has("meters") is False:
+        sink.add(root.line, "meters", "is required: a list of the meters to read")
+    _across(meters, buses, sink)
+    return Config(str(path), gateway, storage, mqtt, buses, tuple(meters))
+
+
+def _section(top: Fields, key: str, root: Node) -> Fields:
+    node = top.raw(key)
+    return Fields(node if node is not None else Node({}, root.line), key, top.sink)
+
+
+def _gateway(top: Fields, sink: Sink, root: Node) -> Gateway:
+    f = _section(top, "gateway", root)
+    gid = f.get("id", str, "gateway", required=True)
+    if not ID.match(gid):
+        f.problem("id", f'"{gid}" must be lower case letters, digits and - (it appears in every topic)')
+    site = f.get("site", str, "")
+    building = f.get("building", str, "")
+    f.done()
+    return Gateway(gid, site, building)
+
+
+def _storage(top: Fields, sink: Sink, root: Node) -> Storage:
+    f = _section(top, "storage", root)
+    spath = f.get("path", str, DEFAULT_BUFFER)
+    max_age = duration_field(f, "max_age", DEFAULT_MAX_AGE, low=3600, high=3650 * DAY) or DEFAULT_MAX_AGE
+    max_size = DEFAULT_MAX_SIZE
+    node = f.raw("max_size")
+    if node is not None and node.value is not None:
+        size = parse_size(node.value)
+        if size is None:
+            f.problem("max_size", f'"{node.value}" is not a size; write e.g. 512MB or 2GB')
+        elif size < 1000**2:
+            f.problem("max_size", f"{node.value} is too small (at least 1MB)")
+        else:
+            max_size = size
+    f.done()
+    return Storage(spath, max_age, max_size)
+
+
+def _mqtt(node: Node | None, sink: Sink, gateway_id: str) -> Mqtt | None:
+    if node is None:
+        return None
+    f = Fields(node, "mqtt", sink)
+    url = f.get("url", str, "", required=True)
+    host, port, tls = "", 1883, False
+    if url:
+        parts = urlsplit(url)
+        if parts.scheme not in ("mqtt", "mqtts"):
+            f.problem("url", f'"{url}" must start with mqtt:// or mqtts://')
+        elif not parts.hostname:
+            f.problem("url", f'"{url}" has no host')
+        else:
+            tls = parts.scheme == "mqtts"
+            host = parts.hostname
+            try:
+                port = parts.port or (8883 if tls else 1883)
+            except ValueError:
+                f.problem("url", f'"{url}" has a bad port')
+            if parts.password:
+                f.problem("url", "must not contain a password; use password_file or MC_MQTT_PASSWORD")
+    if f.has("password"):
+        f.raw("password")
+        f.problem(
+            "password",
+            "inline passwords end up in backups and logs; "
+            "use password_file or the MC_MQTT_PASSWORD environment variable",
+        )
+    m = Mqtt(
+        url=url,
+        host=host,
+        port=port,
+        tls=tls,
+        client_id=f.get("client_id", str, gateway_id),
+        username=f.get("username", str),
+        password_file=f.get("password_file", str),
+        ca_file=f.get("ca_file", str),
+        cert_file=f.get("cert_file", str),
+        key_file=f.get("key_file", str),
+        topic_prefix=f.get("topic_prefix", str, "meters"),
+        protocol=str(f.choice("protocol", ("5", "3.1.1"), "5")),
+        keepalive=duration_field(f, "keepalive", 60.0, low=5, high=3600) or 60.0,
+    )
+    if (m.topic_prefix and any(c in m.topic_prefix for c in "#+")) or m.topic_prefix.startswith("/"):
+        f.problem("topic_prefix", "must not contain # or + or start with /")
+    if (m.cert_file is None) != (m.key_file is None):
+        f.problem(
+            "cert_file" if m.cert_file is None else "key_file", "a client certificate needs both cert_file and key_file"
+        )
+    f.done()
+    return m
+
+
+def _bus(node: Node, where: str, sink: Sink) -> Bus | None:
+    f = Fields(node, where, sink)
+    if not f.ok:
+        return None
+    name = f.get("name", str, "", required=True)
+    f.label = name
+    if name and not ID.match(name):
+        f.problem("name", f'"{name}" must be lower case letters, digits and -')
+    btype = f.choice("type", BUS_TYPES, None, required=True)
+    kw: dict[str, Any] = {}
+    if btype == "rtu":
+        kw["device"] = f.get("port", str, "", required=True)
+        if kw["device"] and not kw["device"].startswith("/"):
+            f.problem("port", f'"{kw["device"]}" must be a device path such as /dev/ttyUSB0')
+        baud = f.get("baudrate", int, 9600)
+        if baud not in BAUD_RATES:
+            f.problem("baudrate", f"{baud} is not one of {', '.join(map(str, BAUD_RATES))}")
+        kw["baudrate"] = baud
+        kw["parity"] = f.choice("parity", ("N", "E", "O"), "N")
+        kw["stopbits"] = f.get("stopbits", int, 1)
+        if kw["stopbits"] not in (1, 2):
+            f.problem("stopbits", f"{kw['stopbits']} must be 1 or 2")
+        kw["bytesize"] = f.get("bytesize", int, 8)
+        if kw["bytesize"] not in (7, 8):
+            f.problem("bytesize", f"{kw['bytesize']} must be 7 or 8")
+    elif btype in ("tcp", "rtu-over-tcp"):
+        kw["host"] = f.get("host", str, "", required=True)
+        port = f.get("port", int, 502)
+        if not 1 <= port <= 65535:
+            f.problem("port", f"{port} is outside 1..65535")
+        kw["port"] = port
+    kw["timeout"] = duration_field(f, "timeout", 0.5, low=0.01, high=30.0)
+    retries = f.get("retries", int, 1)
+    if not 0 <= retries <= 5:
+        f.problem("retries", f"{retries} is outside 0..5")
+    kw["retries"] = retries
+    kw["pause"] = duration_field(f, "pause", 0.0, high=10.0)
+    kw["drain"] = duration_field(f, "drain", None, high=30.0)
+    gap = f.get("gap", int)
+    if gap is not None and not 0 <= gap <= 124:
+        f.problem("gap", f"{gap} is outside 0..124")
+        gap = None
+    kw["gap"] = gap
+    f.done()
+    if btype is None or not name:
+        return None
+    return Bus(name=name, type=btype, line=node.line, **kw)
+
+
+def _meter(node: Node, where: str, sink: Sink, buses: dict[str, Bus], base: Path) -> Meter | None:
+    f = Fields(node, where, sink)
+    if not f.ok:
+        return None
+    mid = f.get("id", str, "", required=True)
+    f.label = mid
+    if mid and not ID.match(mid):
+        f.problem("id", f'"{mid}" must be lower case letters, digits and -')
+    bus = f.get("bus", str, "", required=True)
+    if bus and bus not in buses:
+        known = ", ".join(sorted(buses)) or "none defined"
+        f.problem("bus", f'unknown bus "{bus}"{suggest(bus, buses.keys())} (buses: {known})')
+    address = f.get("address", int, 0, required=True)
+    if f.has("address") and isinstance(f.data["address"].value, int) and not 1 <= address <= 247:
+        f.problem("address", f"{address} is outside 1..247 (Modbus unit id)")
+    model_ref = f.get("model", str, "", required=True)
+    model = _model(f, model_ref, base, sink)
+    interval = duration_field(f, "interval", 60.0, low=1.0, high=DAY) or 60.0
+    if f.has("interval") and (DAY % interval) != 0:
+        f.problem("interval", "must divide a day evenly (e.g. 1s, 10s, 1m, 5m, 15m, 1h) so slots align")
+    category = f.get("category", str)
+    if category is not None and not re.fullmatch(r"[0-9]{2}[0-9A-Z]{3}", category):
+        f.problem("category", f'"{category}" is not an energy classification code like "01A00"')
+    points = _points(f, model)
+    calibration = _calibration(f, model)
+    f.done()
+    if model is None or not mid or not bus:
+        return None
+    return Meter(mid, bus, address, model, model_ref, interval, category, points, calibration, node.line, where)
+
+
+def _model(f: Fields, ref: str, base: Path, sink: Sink) -> Model | None:
+    if not ref:
+        return None
+    path = registry.locate(ref, base)
+    if path is None:
+        f.problem(
+            "model", f'unknown model "{ref}"{suggest(ref, registry.names())} (`meter-collector models list` shows them)'
+        )
+        return None
+    if not path.exists():
+        f.problem("model", f'model file "{path}" does not exist')
+        return None
+    try:
+        return registry.load(ref, base)
+    except ProblemsError as exc:
+        f.problem("model", f'model file "{path}" has {len(exc.problems)} error(s), listed with its name')
+        sink.problems.extend(exc.problems)
+        return None
+
+
+def _points(f: Fields, model: Model | None) -> tuple[str, ...]:
+    node = f.raw("points")
+    default = tuple(p.name for p in model.published) if model else ()
+    if node is None or node.value is None:
+        return default
+    names = node.plain()
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        f.problem("points", "must be a list of point names, e.g. [energy_import, active_power]")
+        return default
+    if model is None:
+        return tuple(names)
+    known = [p.name for p in model.points]
+    ok = []
+    for name in names:
+        if not model.has(name):
+            f.problem("points", f'"{name}" is not a point of {model.name}{suggest(name, known)}')
+        else:
+            ok.append(name)
+    if len(set(ok)) != len(ok):
+        f.problem("points", "lists a point twice")
+    return tuple(dict.fromkeys(ok))
+
+
+def _calibration(f: Fields, model: Model | None) -> Calibration:
+    node = f.raw("calibration")
+    if node is None or node.value is None:
+        return Calibration()
+    c = Fields(node, f.sub("calibration"), f.sink, f.label)
+    ratios = {}
+    for key in ("ct_ratio", "pt_ratio"):
+        value = c.get(key, float, 1.0)
+        if value <= 0:
+            c.problem(key, "must be > 0")
+            value = 1.0
+        ratios[key] = value
+    points: dict[str, PointCalibration] = {}
+    pnode = c.raw("points")
+    if pnode is not None and pnode.value is not None:
+        p = Fields(pnode, c.sub("points"), f.sink, f.label)
+        for name in list(p.data):
+            known = [x.name for x in model.points] if model else []
+            if model is not None and not model.has(name):
+                p.raw(name)
+                p.problem(name, f'"{name}" is not a point of {model.name}{suggest(name, known)}')
+                continue
+            pc = Fields(p.raw(name) or Node({}, pnode.line), p.sub(name), f.sink, f.label)
+            scale = pc.get("scale", float, 1.0)
+            if scale == 0:
+                pc.problem("scale", "must not be 0")
+            offset = pc.get("offset", float, 0.0)
+            pc.done()
+            points[name] = PointCalibration(scale, offset)
+        p.done()
+    c.done()
+    return Calibration(ratios["ct_ratio"], ratios["pt_ratio"], points)
+
+
+def _across(meters: list[Meter], buses: dict[str, Bus], sink: Sink) -> None:
+    """Rules across items: two meters answering to one address on one bus."""
+    by_slot: dict[tuple[str, int], Meter] = {}
+    for m in meters:
+        if m.bus not in buses:
+            continue
+        key = (m.bus, m.address)
+        if key in by_slot:
+            first = by_slot[key]
+            bus = buses[m.bus]
+            sink.add(
+                m.line,
+                f"{m.where}.address",
+                f'meters "{first.id}" and "{m.id}" both use address {m.address} on bus "{bus.name}"',
+                m.id,
+            )
+        else:
+            by_slot[key] = m

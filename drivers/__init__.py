@@ -1,0 +1,1 @@
+"""Protocols and meter models: knows nothing of scheduling, SQLite or MQTT."""

@@ -1,0 +1,1 @@
+"""Modbus: codec, read planner, client transport (the only pymodbus import) and server side."""

@@ -1,0 +1,129 @@
+"""Register words <-> numbers: types, word and byte order, sentinels.
+
+A 32-bit value spans two 16-bit registers; meters disagree on the order of the words and, rarely,
+of the bytes inside a word. With bytes A (most significant) .. D:
+
+=====  ==========  ==========  ==================================
+order  word_order  byte_order  seen in
+=====  ==========  ==========  ==================================
+ABCD   big         big         Eastron, Chint, Huawei (the Modbus default)
+CDAB   little      big         Sungrow U32, many Chinese meters
+BADC   big         little      rare
+DCBA   little      little      rare
+=====  ==========  ==========  ==================================
+
+Decoding CDAB data as ABCD gives nonsense that looks like a number (230.5 V read as -2.4e-41), so
+the order is always explicit in the model and every order is tested.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Sequence
+
+from drivers.model import DataType, Point
+
+
+class Unavailable(Exception):
+    """The meter says it has no value for this point (a sentinel, NaN, a non-BCD nibble)."""
+
+
+_STRUCT = {
+    DataType.INT16: "h",
+    DataType.UINT16: "H",
+    DataType.INT32: "i",
+    DataType.UINT32: "I",
+    DataType.INT64: "q",
+    DataType.UINT64: "Q",
+    DataType.FLOAT32: "f",
+    DataType.FLOAT64: "d",
+}
+
+
+def arrange(words: Sequence[int], word_order: str, byte_order: str) -> bytes:
+    """The value's bytes, most significant first, from registers as they came off the wire."""
+    ordered = list(words) if word_order == "big" else list(reversed(words))
+    raw = struct.pack(f">{len(ordered)}H", *ordered)
+    if byte_order == "little":
+        swapped = bytearray(raw)
+        swapped[0::2], swapped[1::2] = raw[1::2], raw[0::2]
+        return bytes(swapped)
+    return raw
+
+
+def disarrange(data: bytes, word_order: str, byte_order: str) -> list[int]:
+    """Inverse of :func:`arrange`: registers in wire order from most-significant-first bytes."""
+    if byte_order == "little":
+        swapped = bytearray(data)
+        swapped[0::2], swapped[1::2] = data[1::2], data[0::2]
+        data = bytes(swapped)
+    words = list(struct.unpack(f">{len(data) // 2}H", data))
+    return words if word_order == "big" else list(reversed(words))
+
+
+def decode(point: Point, words: Sequence[int]) -> int | float:
+    """The number a point's registers hold, before scaling.
+
+    Raises Unavailable for a sentinel, NaN/infinity or an invalid BCD digit, and ValueError when
+    the number of words is wrong (a short reply must never decode as a value).
+    """
+    n = point.type.registers
+    if len(words) != n:
+        raise ValueError(f"{point.name}: {point.type.value} needs {n} registers, got {len(words)}")
+    data = arrange(words, point.word_order, point.byte_order)
+    if point.invalid and int.from_bytes(data, "big") in point.invalid:
+        raise Unavailable(f"not available (meter sent 0x{data.hex().upper()})")
+    if point.type in (DataType.BCD16, DataType.BCD32):
+        return _bcd(data)
+    value: int | float = struct.unpack(">" + _STRUCT[point.type], data)[0]
+    if isinstance(value, float) and not math.isfinite(value):
+        raise Unavailable(f"not a number (meter sent {value})")
+    return value
+
+
+def encode(point: Point, raw: int | float) -> list[int]:
+    """Registers in wire order for a raw number; the inverse of :func:`decode`."""
+    if point.type in (DataType.BCD16, DataType.BCD32):
+        digits = point.type.registers * 4
+        if not 0 <= int(raw) < 10**digits:
+            raise ValueError(f"{raw} does not fit {digits} BCD digits")
+        data = bytes.fromhex(f"{int(raw):0{digits}d}")
+    elif point.type in (DataType.FLOAT32, DataType.FLOAT64):
+        data = struct.pack(">" + _STRUCT[point.type], float(raw))
+    else:
+        data = struct.pack(">" + _STRUCT[point.type], int(raw))
+    return disarrange(data, point.word_order, point.byte_order)
+
+
+def _bcd(data: bytes) -> int:
+    text = data.hex()
+    if not text.isdigit():
+        raise Unavailable(f"not BCD (meter sent 0x{text.upper()})")
+    return int(text)
+
+
+def type_range(data_type: DataType) -> tuple[float, float]:
+    """Smallest and largest raw value of a type (used for rollover and by the simulator)."""
+    if data_type in (DataType.FLOAT32, DataType.FLOAT64):
+        big = 3.4e38 if data_type is DataType.FLOAT32 else 1.7e308
+        return -big, big
+    if data_type in (DataType.BCD16, DataType.BCD32):
+        return 0, 10 ** (data_type.registers * 4) - 1
+    bits = 16 * data_type.registers
+    if data_type.signed:
+        return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    return 0, 2**bits - 1
+
+
+ORDER_NAMES = {
+    ("big", "big"): "ABCD",
+    ("little", "big"): "CDAB",
+    ("big", "little"): "BADC",
+    ("little", "little"): "DCBA",
+}
+
+
+def order_name(point: Point) -> str:
+    """ABCD, CDAB, BADC or DCBA for a 32-bit view of the point's word and byte order."""
+    return ORDER_NAMES[(point.word_order, point.byte_order)]

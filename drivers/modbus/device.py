@@ -1,0 +1,121 @@
+"""Read a meter: execute a plan over a transport and decode the replies into values.
+
+Values come out in canonical units before any site calibration; CT/PT ratios, offsets and counter
+continuity belong to collector.calibration.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from drivers.errors import ExceptionReply, NoReply, NotConnected, TransportError
+from drivers.modbus import codec
+from drivers.modbus.planner import Request, plan
+from drivers.model import Function, Model, Point
+
+
+class RegisterReader(Protocol):
+    async def read(self, unit: int, function: Function, address: int, count: int) -> list[int]: ...
+
+
+@dataclass(slots=True)
+class DeviceRead:
+    """What one read of one meter gave."""
+
+    values: dict[str, float] = field(default_factory=dict)  #: canonical unit, uncalibrated
+    raw: dict[str, int | float] = field(default_factory=dict)  #: decoded register value, unscaled
+    registers: dict[str, list[int]] = field(default_factory=dict)  #: words as they came
+    errors: dict[str, str] = field(default_factory=dict)  #: point -> reason it has no value
+    requests: int = 0
+    seconds: float = 0.0
+    failure: TransportError | None = None  #: set when the meter did not answer at all
+
+
+def tidy(value: float) -> float:
+    """Drop binary noise from scaling (12840 × 0.001 = 12.840000000000002 -> 12.84)."""
+    return float(f"{value:.15g}")
+
+
+def decode(requests: list[Request], replies: list[list[int] | None], out: DeviceRead) -> None:
+    """Fill ``out`` from the words of each request (None: that request failed)."""
+    points: dict[str, Point] = {}
+    for req, words in zip(requests, replies, strict=True):
+        for point, offset in req.points:
+            points[point.name] = point
+            if words is None:
+                continue
+            regs = words[offset : offset + point.registers]
+            out.registers[point.name] = regs
+            try:
+                raw = codec.decode(point, regs)
+            except codec.Unavailable as exc:
+                out.errors[point.name] = str(exc)
+                continue
+            if point.type.is_float:
+                raw = float(f"{raw:.7g}") if point.type.registers == 2 else raw
+            out.raw[point.name] = raw
+    base: dict[str, float] = {}
+    for name, point in points.items():
+        if name not in out.raw:
+            continue
+        value = out.raw[name] * point.scale
+        if point.scale_factor:
+            sf = out.raw.get(point.scale_factor)
+            if sf is None:
+                out.errors[name] = f"scale factor {point.scale_factor} unavailable"
+                continue
+            value *= 10.0 ** int(sf)
+        base[name] = value
+    for name, point in points.items():
+        if name not in base:
+            continue
+        value = base[name]
+        missing = [a for a in point.add if a not in base]
+        if missing:
+            out.errors[name] = f"{', '.join(missing)} unavailable"
+            continue
+        out.values[name] = tidy(value + sum(base[a] for a in point.add))
+
+
+async def read_device(
+    reader: RegisterReader, unit: int, model: Model, names: list[str], *, gap: int, single: bool = False
+) -> DeviceRead:
+    """Read ``names`` (and the helper points they need) from one meter.
+
+    A request that gets an exception reply fails only its own points; no reply at all, or a link
+    that cannot be opened, ends the read (a dead meter costs its bus one timeout, not one per
+    request).
+    """
+    requests = plan(model, model.needed_for(names), gap=gap, single=single)
+    out = DeviceRead()
+    replies: list[list[int] | None] = []
+    started = time.monotonic()
+    for req in requests:
+        out.requests += 1
+        try:
+            replies.append(await reader.read(unit, req.function, req.address, req.count))
+        except ExceptionReply as exc:
+            replies.append(None)
+            for p, _ in req.points:
+                out.errors[p.name] = str(exc)
+        except (NoReply, NotConnected) as exc:
+            out.failure = exc
+            replies.extend([None] * (len(requests) - len(replies)))
+            break
+        except TransportError as exc:
+            replies.append(None)
+            for p, _ in req.points:
+                out.errors[p.name] = str(exc)
+    out.seconds = time.monotonic() - started
+    decode(requests, replies, out)
+    if out.failure is not None:
+        for p in model.needed_for(names):
+            out.errors.setdefault(p.name, str(out.failure))
+    # Report only what was asked; helper points stay internal unless asked for.
+    asked = set(names)
+    for d in (out.values, out.errors):
+        for k in [k for k in d if k not in asked]:
+            del d[k]
+    return out

@@ -1,0 +1,246 @@
+"""The slave side of Modbus, for the simulator: TCP (MBAP), RTU over TCP, RTU on a serial device.
+
+Written on the frame level rather than on pymodbus's server because the simulator must behave like
+a real RS-485 bus where pymodbus does not (../shared/LIBRARIES.md): a unit id nobody answers to
+stays *silent* on a serial line (pymodbus answers exception 4), and replies can be delayed by the
+time the bytes would take on the wire at the configured baud rate, so bus timing can be measured on
+a pty, which ignores baud rates. Being independent of pymodbus also makes the integration tests a
+real cross-check of our client (and Debian's mbpoll cross-checks this server).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import struct
+import time
+from collections import Counter
+from typing import Protocol
+
+log = logging.getLogger(__name__)
+
+ILLEGAL_FUNCTION = 1
+ILLEGAL_ADDRESS = 2
+ILLEGAL_VALUE = 3
+GATEWAY_TARGET_FAILED = 11
+
+
+def _crc_table() -> list[int]:
+    table = []
+    for byte in range(256):
+        crc = byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
+        table.append(crc)
+    return table
+
+
+_CRC_TABLE = _crc_table()
+
+
+def crc16(data: bytes) -> bytes:
+    """Modbus RTU CRC-16 (poly 0xA001, init 0xFFFF), low byte first as sent on the wire."""
+    crc = 0xFFFF
+    for b in data:
+        crc = (crc >> 8) ^ _CRC_TABLE[(crc ^ b) & 0xFF]
+    return struct.pack("<H", crc)
+
+
+class Device(Protocol):
+    """A slave's registers: the words asked for, or a Modbus exception code."""
+
+    def read(self, function: int, address: int, count: int) -> list[int] | int: ...
+
+
+class Slave:
+    """Answers PDUs for a set of unit ids; counts what it was asked."""
+
+    def __init__(self, devices: dict[int, Device], *, baudrate: int | None = None, silent_unknown: bool = True) -> None:
+        self.devices = devices
+        self.baudrate = baudrate  #: emulate the wire time of request and reply at this rate
+        self.silent_unknown = silent_unknown
+        self.requests: Counter[int] = Counter()  #: per unit id
+        self.unanswered = 0
+
+    def answer(self, unit: int, pdu: bytes) -> bytes | None:
+        """The reply PDU, or None for silence."""
+        device = self.devices.get(unit)
+        if device is None:
+            self.unanswered += 1
+            return None if self.silent_unknown else bytes([pdu[0] | 0x80, GATEWAY_TARGET_FAILED])
+        self.requests[unit] += 1
+        fc = pdu[0]
+        if fc not in (3, 4):
+            return bytes([fc | 0x80, ILLEGAL_FUNCTION])
+        if len(pdu) != 5:
+            return bytes([fc | 0x80, ILLEGAL_VALUE])
+        address, count = struct.unpack(">HH", pdu[1:5])
+        if not 1 <= count <= 125:
+            return bytes([fc | 0x80, ILLEGAL_VALUE])
+        if address + count > 0x10000:
+            return bytes([fc | 0x80, ILLEGAL_ADDRESS])
+        words = device.read(fc, address, count)
+        if isinstance(words, int):
+            return bytes([fc | 0x80, words])
+        return bytes([fc, 2 * count]) + struct.pack(f">{count}H", *words)
+
+    def wire_delay(self, request_bytes: int, reply_bytes: int) -> float:
+        """Seconds the request and reply would take on the wire (8N1: 10 bits a character)."""
+        if not self.baudrate:
+            return 0.0
+        return (request_bytes + reply_bytes) * 10 / self.baudrate
+
+
+def split_rtu(buffer: bytearray) -> tuple[int, bytes] | None:
+    """Take one request frame off the front of ``buffer``: (unit, PDU), or None if incomplete.
+
+    Frames with a bad CRC are skipped one byte at a time (resynchronisation after noise).
+    """
+    while len(buffer) >= 4:
+        fc = buffer[1]
+        if fc in (1, 2, 3, 4, 5, 6):
+            need = 8
+        elif fc in (15, 16):
+            if len(buffer) < 7:
+                return None
+            need = 9 + buffer[6]
+        else:
+            need = len(buffer)  # unknown function: the whole burst is one frame or noise
+        if len(buffer) < need:
+            return None
+        frame = bytes(buffer[:need])
+        if crc16(frame[:-2]) == frame[-2:]:
+            del buffer[:need]
+            return frame[0], frame[1:-2]
+        del buffer[:1]
+    return None
+
+
+def rtu_frame(unit: int, pdu: bytes) -> bytes:
+    body = bytes([unit]) + pdu
+    return body + crc16(body)
+
+
+class SerialServer:
+    """RTU slave on a serial device (a real port or one end of a socat pty pair)."""
+
+    def __init__(self, slave: Slave, device: str, baudrate: int = 9600, parity: str = "N", stopbits: int = 1) -> None:
+        self.slave = slave
+        self.device = device
+        self.baudrate = baudrate
+        self.parity = parity
+        self.stopbits = stopbits
+        self._fd = -1
+        self._buffer = bytearray()
+        self._last_rx = 0.0
+        self._port: object | None = None
+
+    async def start(self) -> None:
+        import serial  # pyserial; the daemon's serial I/O for DL/T 645 uses it too
+
+        port = serial.Serial(
+            self.device, baudrate=self.baudrate, parity=self.parity, stopbits=self.stopbits, timeout=0, exclusive=True
+        )
+        self._port = port
+        self._fd = port.fileno()
+        asyncio.get_running_loop().add_reader(self._fd, self._readable)
+
+    def _readable(self) -> None:
+        try:
+            data = os.read(self._fd, 512)
+        except BlockingIOError:
+            return
+        except OSError:
+            # The other side of a pty went away; stop reading rather than spin.
+            asyncio.get_running_loop().remove_reader(self._fd)
+            return
+        now = time.monotonic()
+        if self._buffer and now - self._last_rx > 0.05:
+            self._buffer.clear()  # a silence ended the previous (incomplete) frame
+        self._last_rx = now
+        self._buffer += data
+        while (frame := split_rtu(self._buffer)) is not None:
+            unit, pdu = frame
+            reply = self.slave.answer(unit, pdu)
+            if reply is None:
+                continue
+            out = rtu_frame(unit, reply)
+            delay = self.slave.wire_delay(len(pdu) + 3, len(out))
+            asyncio.get_running_loop().call_later(delay, self._write, out)
+
+    def _write(self, data: bytes) -> None:
+        with contextlib.suppress(OSError):
+            os.write(self._fd, data)
+
+    async def stop(self) -> None:
+        if self._fd >= 0:
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(self._fd)
+        if self._port is not None:
+            self._port.close()  # type: ignore[attr-defined]
+            self._port = None
+        self._fd = -1
+
+
+class TcpServer:
+    """Modbus TCP (MBAP) slave, or with ``rtu=True`` an RTU-over-TCP serial server."""
+
+    def __init__(self, slave: Slave, host: str, port: int, *, rtu: bool = False) -> None:
+        self.slave = slave
+        self.host = host
+        self.port = port
+        self.rtu = rtu
+        self._server: asyncio.Server | None = None
+        self.connections = 0
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, self.host, self.port)
+        sock = self._server.sockets[0]
+        self.port = sock.getsockname()[1]
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 2)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while True:
+                out = await (self._rtu_request(reader) if self.rtu else self._mbap_request(reader))
+                if out is None:
+                    continue
+                delay = self.slave.wire_delay(8, len(out))
+                if delay:
+                    await asyncio.sleep(delay)
+                writer.write(out)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    async def _mbap_request(self, reader: asyncio.StreamReader) -> bytes | None:
+        header = await reader.readexactly(7)
+        tid, pid, length, unit = struct.unpack(">HHHB", header)
+        pdu = await reader.readexactly(length - 1)
+        if pid != 0:
+            return None
+        reply = self.slave.answer(unit, pdu)
+        if reply is None:
+            return None
+        return struct.pack(">HHHB", tid, 0, len(reply) + 1, unit) + reply
+
+    async def _rtu_request(self, reader: asyncio.StreamReader) -> bytes | None:
+        buffer = bytearray(await reader.readexactly(8))
+        if buffer[1] in (15, 16):
+            buffer += await reader.readexactly(1 + buffer[6])
+        frame = split_rtu(buffer)
+        if frame is None:
+            return None
+        unit, pdu = frame
+        reply = self.slave.answer(unit, pdu)
+        return None if reply is None else rtu_frame(unit, reply)

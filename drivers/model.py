@@ -1,0 +1,345 @@
+"""The meter model schema: one YAML file per model, loaded into frozen, checked objects.
+
+A model file says what a meter *is*: its registers, their types and word order, the unit the meter
+counts in. Loading converts every point to its canonical name's unit (DESIGN.md §3): a meter that
+counts watts gets a scale of 0.001 and publishes kilowatts. Every problem in a model file is
+reported at once with file:line, like a config error.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+
+from drivers.quantities import QUANTITIES, Nature, Ratio, canonical_unit
+from drivers.source import Fields, Node, Sink, duration_field, items, load_file, suggest
+
+
+class DataType(StrEnum):
+    INT16 = "int16"
+    UINT16 = "uint16"
+    INT32 = "int32"
+    UINT32 = "uint32"
+    INT64 = "int64"
+    UINT64 = "uint64"
+    FLOAT32 = "float32"
+    FLOAT64 = "float64"
+    BCD16 = "bcd16"  #: 4 packed BCD digits in one register
+    BCD32 = "bcd32"  #: 8 packed BCD digits in two registers
+
+    @property
+    def registers(self) -> int:
+        return _REGISTERS[self]
+
+    @property
+    def signed(self) -> bool:
+        return self in (DataType.INT16, DataType.INT32, DataType.INT64)
+
+    @property
+    def is_float(self) -> bool:
+        return self in (DataType.FLOAT32, DataType.FLOAT64)
+
+
+_REGISTERS = {
+    DataType.INT16: 1, DataType.UINT16: 1, DataType.BCD16: 1,
+    DataType.INT32: 2, DataType.UINT32: 2, DataType.FLOAT32: 2, DataType.BCD32: 2,
+    DataType.INT64: 4, DataType.UINT64: 4, DataType.FLOAT64: 4,
+}  # fmt: skip
+
+
+class Function(StrEnum):
+    HOLDING = "holding"  #: function code 03
+    INPUT = "input"  #: function code 04
+
+    @property
+    def code(self) -> int:
+        return 3 if self is Function.HOLDING else 4
+
+
+KINDS = ("electricity", "water", "pv", "heat", "gas")
+PROTOCOLS = ("modbus",)
+ORDERS = ("big", "little")
+MAX_REQUEST_REGISTERS = 125  #: the Modbus limit for functions 03 and 04
+
+
+@dataclass(frozen=True, slots=True)
+class Point:
+    """One quantity read from a meter."""
+
+    name: str  #: canonical quantity name (DESIGN.md §3) or the model's own
+    address: int  #: 0-based wire address, not the 3xxxx/4xxxx label
+    type: DataType = DataType.FLOAT32
+    function: Function = Function.HOLDING
+    word_order: str = "big"  #: "big": most significant word first (AB CD)
+    byte_order: str = "big"  #: "big": most significant byte first within a word
+    scale: float = 1.0  #: raw × scale = value in the canonical unit (unit conversion included)
+    unit: str = "-"  #: canonical unit of the published value
+    meter_unit: str = "-"  #: the unit the meter counts in, as the model file says
+    nature: Nature = Nature.INSTANT
+    ratio: Ratio = Ratio.NONE  #: which transformer ratios scale it
+    invalid: tuple[int, ...] = ()  #: raw bit patterns meaning "not available", e.g. 0x8000
+    scale_factor: str | None = None  #: name of a point holding a power-of-ten exponent (SunSpec *_SF)
+    add: tuple[str, ...] = ()  #: points whose values are added (an integer total + its fraction)
+    publish: bool = True  #: False: read for `read --raw` or as a helper, never published
+    line: int = 0  #: line in the model file, for messages
+
+    @property
+    def registers(self) -> int:
+        return self.type.registers
+
+    @property
+    def end(self) -> int:
+        """First register after this point."""
+        return self.address + self.type.registers
+
+
+@dataclass(frozen=True, slots=True)
+class Model:
+    """A meter model: what a meter is, as data."""
+
+    name: str  #: vendor-model, the file's stem: "eastron-sdm630"
+    vendor: str
+    model: str
+    kind: str
+    protocol: str
+    manual: str  #: the document the map was written from, with its version
+    points: tuple[Point, ...]
+    max_registers: int = MAX_REQUEST_REGISTERS  #: the model's own limit per request
+    gap: int | None = None  #: largest gap (registers) worth reading to save a request
+    pause: float = 0.0  #: seconds of silence the meter needs between requests
+    single_requests: bool = False  #: one request per point (devices that refuse block reads)
+    unreadable: tuple[tuple[int, int], ...] = ()  #: inclusive register ranges a read must not cover
+    probe: str | None = None  #: the point `scan` reads to recognise the model
+    path: str = ""
+    _by_name: dict[str, Point] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._by_name.update({p.name: p for p in self.points})
+
+    def point(self, name: str) -> Point:
+        return self._by_name[name]
+
+    def has(self, name: str) -> bool:
+        return name in self._by_name
+
+    @property
+    def published(self) -> tuple[Point, ...]:
+        return tuple(p for p in self.points if p.publish)
+
+    def needed_for(self, names: list[str] | tuple[str, ...]) -> list[Point]:
+        """The points to read for ``names``: the points themselves and their helpers."""
+        out: dict[str, Point] = {}
+        stack = list(names)
+        while stack:
+            p = self._by_name[stack.pop()]
+            if p.name in out:
+                continue
+            out[p.name] = p
+            stack.extend(p.add)
+            if p.scale_factor:
+                stack.append(p.scale_factor)
+        return sorted(out.values(), key=lambda p: (p.function.value, p.address))
+
+
+_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+_MODEL_NAME = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)+$")
+
+
+def load_model(path: Path) -> Model:
+    """Load and check one model file; raises ProblemsError with every problem located."""
+    root = load_file(path)
+    sink = Sink(str(path))
+    model = _build(root, path, sink)
+    sink.raise_if_any()
+    assert model is not None
+    return model
+
+
+def _build(root: Node, path: Path, sink: Sink) -> Model | None:
+    f = Fields(root, "", sink)
+    if not f.ok:
+        return None
+    name = path.stem
+    if not _MODEL_NAME.match(name):
+        sink.add(0, "", f'file name "{path.name}" must be vendor-model.yaml in lower case, e.g. eastron-sdm630.yaml')
+    vendor = f.get("vendor", str, "", required=True)
+    model = f.get("model", str, "", required=True)
+    kind = f.choice("kind", KINDS, "electricity", required=True)
+    protocol = f.choice("protocol", PROTOCOLS, "modbus", required=True)
+    manual = f.get("manual", str, "", required=True)
+    probe = f.get("probe", str)
+    single = f.get("single_requests", bool, False)
+
+    d = Fields(f.raw("defaults") or Node({}, root.line), "defaults", sink)
+    function = Function(d.choice("function", tuple(x.value for x in Function), "holding"))
+    dtype = DataType(d.choice("type", tuple(x.value for x in DataType), "float32"))
+    word_order = d.choice("word_order", ORDERS, "big")
+    byte_order = d.choice("byte_order", ORDERS, "big")
+    max_registers = d.get("max_registers", int, MAX_REQUEST_REGISTERS)
+    if not 1 <= max_registers <= MAX_REQUEST_REGISTERS:
+        d.problem("max_registers", f"{max_registers} is outside 1..{MAX_REQUEST_REGISTERS}")
+        max_registers = MAX_REQUEST_REGISTERS
+    gap = d.get("gap", int)
+    if gap is not None and gap < 0:
+        d.problem("gap", "must be >= 0")
+        gap = None
+    pause = duration_field(d, "pause", 0.0, high=10.0) or 0.0
+    d.done()
+
+    unreadable: list[tuple[int, int]] = []
+    for where, node in items(f.raw("unreadable"), "unreadable", sink):
+        span = node.plain()
+        if (
+            isinstance(span, list)
+            and len(span) == 2
+            and all(isinstance(x, int) for x in span)
+            and 0 <= span[0] <= span[1] <= 0xFFFF
+        ):
+            unreadable.append((span[0], span[1]))
+        else:
+            sink.add(node.line, where, "must be [first, last], two register addresses 0..65535")
+
+    points: list[Point] = []
+    for where, node in items(f.raw("points"), "points", sink):
+        p = _point(node, where, sink, function, dtype, word_order, byte_order)
+        if p is not None:
+            points.append(p)
+    f.done()
+    if not points and not sink.problems:
+        sink.add(root.line, "points", "a model needs at least one point")
+    _check_points(points, sink, probe, root.line)
+    return Model(
+        name=name,
+        vendor=vendor,
+        model=model,
+        kind=kind,
+        protocol=protocol,
+        manual=manual,
+        points=tuple(points),
+        max_registers=max_registers,
+        gap=gap,
+        pause=pause,
+        single_requests=single,
+        unreadable=tuple(unreadable),
+        probe=probe,
+        path=str(path),
+    )
+
+
+def _point(
+    node: Node, where: str, sink: Sink, function: Function, dtype: DataType, word_order: str, byte_order: str
+) -> Point | None:
+    f = Fields(node, where, sink)
+    if not f.ok:
+        return None
+    name = f.get("name", str, "", required=True)
+    f.label = name
+    address = f.get("address", int, -1, required=True)
+    if address != -1 and not 0 <= address <= 0xFFFF:
+        f.problem("address", f"{address} is outside 0..65535 (0-based wire address)")
+    ptype = DataType(f.choice("type", tuple(x.value for x in DataType), dtype.value))
+    pfunc = Function(f.choice("function", tuple(x.value for x in Function), function.value))
+    wo = f.choice("word_order", ORDERS, word_order)
+    bo = f.choice("byte_order", ORDERS, byte_order)
+    scale = f.get("scale", float, 1.0)
+    if scale == 0:
+        f.problem("scale", "must not be 0")
+    meter_unit = f.get("unit", str, "-")
+    invalid_node = f.raw("invalid")
+    invalid: tuple[int, ...] = ()
+    if invalid_node is not None:
+        raw = invalid_node.plain()
+        raw = raw if isinstance(raw, list) else [raw]
+        if all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in raw):
+            invalid = tuple(raw)
+        else:
+            f.problem("invalid", "must be a bit pattern (e.g. 0x8000) or a list of them")
+    sf = f.get("scale_factor", str)
+    add_node = f.raw("add")
+    add: tuple[str, ...] = ()
+    if add_node is not None:
+        plain = add_node.plain()
+        plain = plain if isinstance(plain, list) else [plain]
+        if all(isinstance(x, str) for x in plain):
+            add = tuple(plain)
+        else:
+            f.problem("add", "must be a point name or a list of them")
+    publish = f.get("publish", bool, True)
+    nature_text = f.choice("nature", tuple(n.value for n in Nature))
+    ratio_text = f.choice("ratio", tuple(r.value for r in Ratio))
+    f.get("note", str)  # free text for people
+    f.done()
+
+    if name and not _NAME.match(name):
+        f.problem("name", f'"{name}" must be lower case letters, digits and _')
+    conv = canonical_unit(meter_unit)
+    if conv is None:
+        f.problem("unit", f'unknown unit "{meter_unit}"{suggest(meter_unit, _unit_names())}')
+        conv = (meter_unit, 1.0)
+    unit, factor = conv
+    q = QUANTITIES.get(name)
+    nature = Nature(nature_text) if nature_text else (q.nature if q else Nature.INSTANT)
+    ratio = Ratio(ratio_text) if ratio_text else Ratio.NONE
+    if q is not None:
+        ratio = q.ratio
+        if ratio_text and Ratio(ratio_text) is not q.ratio:
+            f.problem("ratio", f"{name} is scaled by {q.ratio.value} (canonical)")
+        if unit != q.unit:
+            f.problem("unit", f'"{meter_unit}" cannot be converted to {q.unit}, the unit of {name}')
+        if nature_text and nature is not q.nature:
+            f.problem("nature", f"{name} is a canonical {q.nature.value}")
+    if nature is Nature.STATE:
+        factor = 1.0
+    return Point(
+        name=name,
+        address=address,
+        type=ptype,
+        function=pfunc,
+        word_order=wo,
+        byte_order=bo,
+        scale=scale * factor,
+        unit=unit,
+        meter_unit=meter_unit,
+        nature=nature,
+        ratio=ratio,
+        invalid=invalid,
+        scale_factor=sf,
+        add=add,
+        publish=publish,
+        line=node.line,
+    )
+
+
+def _unit_names() -> list[str]:
+    from drivers.quantities import UNIT_CONVERSIONS
+
+    return list(UNIT_CONVERSIONS)
+
+
+def _check_points(points: list[Point], sink: Sink, probe: str | None, line: int) -> None:
+    by_name: dict[str, Point] = {}
+    for p in points:
+        if p.name in by_name:
+            sink.add(p.line, f"points.{p.name}", f"duplicate point name (first on line {by_name[p.name].line})")
+        by_name.setdefault(p.name, p)
+        if p.end > 0x10000:
+            sink.add(p.line, f"points.{p.name}", f"{p.type.value} at {p.address} runs past register 65535")
+    for p in points:
+        for ref, what in [(p.scale_factor, "scale_factor"), *((a, "add") for a in p.add)]:
+            if ref is not None and ref not in by_name:
+                sink.add(p.line, f"points.{p.name}.{what}", f'unknown point "{ref}"{suggest(ref, by_name.keys())}')
+        if p.scale_factor and p.scale_factor in by_name and by_name[p.scale_factor].type.is_float:
+            sink.add(p.line, f"points.{p.name}.scale_factor", "a scale factor register must be an integer type")
+    ordered = sorted(points, key=lambda p: (p.function.value, p.address))
+    for a, b in itertools.pairwise(ordered):
+        if a.function is b.function and b.address < a.end:
+            sink.add(
+                b.line,
+                f"points.{b.name}.address",
+                f'registers {b.address}..{b.end - 1} overlap "{a.name}" ({a.address}..{a.end - 1})',
+            )
+    if probe is not None and probe not in by_name:
+        sink.add(line, "probe", f'unknown point "{probe}"{suggest(probe, by_name.keys())}')
