@@ -50,15 +50,16 @@ def calibrate(meter: Meter, read: DeviceRead, slot: datetime, ts: datetime) -> R
     values: dict[str, float] = {}
     for name, value in read.values.items():
         point = meter.model.point(name)
+        if not point.publish:
+            continue  # a helper or a setting shown by `read --raw`: never published
         pc = cal.points.get(name)
         v = value * ratio_factor(point.ratio, cal.ct_ratio, cal.pt_ratio)
         if pc is not None:
             v = v * pc.scale + pc.offset
         values[name] = tidy(v)
-    wanted = len(read.values) + len(read.errors)
     if read.failure is not None or not values:
         quality = BAD
-    elif read.errors or len(values) < wanted:
+    elif read.errors:
         quality = PARTIAL
     else:
         quality = GOOD

@@ -64,7 +64,11 @@ def cmd_read(args: argparse.Namespace) -> int:
     readings = asyncio.run(read_once(config, meters, with_hidden=args.raw))
     for r in readings:
         if args.json:
-            print(json.dumps(reading_json(r, config), ensure_ascii=False))
+            obj = reading_json(r, config)
+            if args.raw:
+                obj["meter_values"] = r.meter_values
+                obj["registers"] = r.registers
+            print(json.dumps(obj, ensure_ascii=False))
         else:
             print(render_reading(r, config, raw=args.raw))
     return EXIT_OK if all(r.quality == GOOD for r in readings) else EXIT_FAILED

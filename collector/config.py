@@ -124,6 +124,7 @@ class Meter:
     calibration: Calibration = Calibration()
     line: int = 0
     where: str = ""  #: path in the config, e.g. meters[3]
+    address_line: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -353,7 +354,20 @@ def _meter(node: Node, where: str, sink: Sink, buses: dict[str, Bus], base: Path
     f.done()
     if model is None or not mid or not bus:
         return None
-    return Meter(mid, bus, address, model, model_ref, interval, category, points, calibration, node.line, where)
+    return Meter(
+        mid,
+        bus,
+        address,
+        model,
+        model_ref,
+        interval,
+        category,
+        points,
+        calibration,
+        node.line,
+        where,
+        f.line("address"),
+    )
 
 
 def _model(f: Fields, ref: str, base: Path, sink: Sink) -> Model | None:
@@ -444,7 +458,7 @@ def _across(meters: list[Meter], buses: dict[str, Bus], sink: Sink) -> None:
             first = by_slot[key]
             bus = buses[m.bus]
             sink.add(
-                m.line,
+                m.address_line,
                 f"{m.where}.address",
                 f'meters "{first.id}" and "{m.id}" both use address {m.address} on bus "{bus.name}"',
                 m.id,

@@ -83,6 +83,8 @@ def parse(text: str, file: str) -> Node:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else 0
         msg = f"YAML syntax: {exc.problem or exc.context}"
+        if exc.context and exc.context_mark is not None and exc.context_mark.line + 1 != line:
+            msg += f" ({exc.context} on line {exc.context_mark.line + 1})"
         raise ProblemsError(file, [Problem(file, line, "", msg)]) from None
     except yaml.YAMLError as exc:
         raise ProblemsError(file, [Problem(file, 0, "", f"YAML: {exc}")]) from None

@@ -17,6 +17,7 @@ import os
 import struct
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Protocol
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,13 @@ class Slave:
         self.silent_unknown = silent_unknown
         self.requests: Counter[int] = Counter()  #: per unit id
         self.unanswered = 0
+        #: extra reply delay per request (unit, function, address) -> seconds: a slow meter, for tests
+        self.delay_for: Callable[[int, int, int], float] | None = None
+
+    def extra_delay(self, unit: int, pdu: bytes) -> float:
+        if self.delay_for is None or len(pdu) < 3:
+            return 0.0
+        return self.delay_for(unit, pdu[0], struct.unpack(">H", pdu[1:3])[0])
 
     def answer(self, unit: int, pdu: bytes) -> bytes | None:
         """The reply PDU, or None for silence."""
@@ -84,13 +92,14 @@ class Slave:
         words = device.read(fc, address, count)
         if isinstance(words, int):
             return bytes([fc | 0x80, words])
-        return bytes([fc, 2 * count]) + struct.pack(f">{count}H", *words)
+        return bytes([fc, 2 * len(words)]) + struct.pack(f">{len(words)}H", *words)
 
     def wire_delay(self, request_bytes: int, reply_bytes: int) -> float:
-        """Seconds the request and reply would take on the wire (8N1: 10 bits a character)."""
+        """Seconds the request and reply take on the wire (8N1: 10 bits a character), plus the 3.5
+        characters of silence a slave needs to see that the request frame has ended."""
         if not self.baudrate:
             return 0.0
-        return (request_bytes + reply_bytes) * 10 / self.baudrate
+        return (request_bytes + reply_bytes + 3.5) * 10 / self.baudrate
 
 
 def split_rtu(buffer: bytearray) -> tuple[int, bytes] | None:
@@ -167,7 +176,7 @@ class SerialServer:
             if reply is None:
                 continue
             out = rtu_frame(unit, reply)
-            delay = self.slave.wire_delay(len(pdu) + 3, len(out))
+            delay = self.slave.wire_delay(len(pdu) + 3, len(out)) + self.slave.extra_delay(unit, pdu)
             asyncio.get_running_loop().call_later(delay, self._write, out)
 
     def _write(self, data: bytes) -> None:

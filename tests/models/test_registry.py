@@ -1,0 +1,81 @@
+"""Invariants over every built-in model, and located errors for a broken one."""
+
+from __future__ import annotations
+
+import difflib
+import itertools
+from pathlib import Path
+
+import pytest
+
+from drivers import registry
+from drivers.model import MAX_REQUEST_REGISTERS, load_model
+from drivers.quantities import QUANTITIES, UNIT_CONVERSIONS
+from drivers.source import ProblemsError
+
+NAMES = registry.names()
+
+
+def test_the_registry_has_the_models_the_issue_asks_for() -> None:
+    assert {"eastron-sdm630", "eastron-sdm120", "chint-dtsu666"} <= set(NAMES)
+    assert any(registry.load(n).kind == "water" for n in NAMES)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_model_invariants(name: str) -> None:
+    m = registry.load(name)
+    assert m.name == name == Path(m.path).stem
+    assert m.manual.strip(), "every model cites the manual it was written from"
+    assert 1 <= m.max_registers <= MAX_REQUEST_REGISTERS
+    assert len({p.name for p in m.points}) == len(m.points), "unique point names"
+    for p in m.points:
+        assert p.address >= 0 and p.end <= 0x10000
+        q = QUANTITIES.get(p.name)
+        if q is not None:
+            assert p.unit == q.unit and p.nature == q.nature
+        elif p.publish:
+            # A model's own name must not be a near miss of a canonical one (voltage_1 for voltage_l1).
+            close = difflib.get_close_matches(p.name, QUANTITIES, n=1, cutoff=0.85)
+            assert not close, f"{p.name} looks like canonical {close}"
+        assert p.unit in {u for u, _ in UNIT_CONVERSIONS.values()}
+    by_fn = sorted(m.points, key=lambda p: (p.function.value, p.address))
+    for a, b in itertools.pairwise(by_fn):
+        assert a.function is not b.function or a.end <= b.address, f"{a.name} overlaps {b.name}"
+    if m.probe:
+        assert m.has(m.probe)
+    energy = [p for p in m.points if p.unit in ("kW", "kWh")]
+    assert all(p.unit in ("kW", "kWh") for p in energy), "the platform always gets kW and kWh"
+
+
+def test_the_source_unit_is_converted_to_kw(tmp_path: Path) -> None:
+    m = registry.load("eastron-sdm630")
+    assert m.point("active_power").meter_unit == "W" and m.point("active_power").scale == pytest.approx(0.001)
+
+
+BROKEN = """\
+vendor: Acme
+model: EM1
+kind: electricity
+protocol: modbus
+defaults: {function: input, type: float32}
+points:
+  - {name: voltage_l1, address: 0, unit: V}
+  - {name: current_l1, address: 1, unit: A}
+  - {name: active_power, address: 10, unit: kg}
+  - {name: energy_import, address: 70000, unit: kWh}
+  - {name: voltage_l1, address: 20, unit: V, colour: red}
+"""
+
+
+def test_a_broken_model_reports_every_problem_with_its_line(tmp_path: Path) -> None:
+    path = tmp_path / "acme-em1.yaml"
+    path.write_text(BROKEN)
+    with pytest.raises(ProblemsError) as err:
+        load_model(path)
+    text = err.value.render()
+    assert f"{path}:1 manual: is required" in text
+    assert f'{path}:9 points[2] "active_power": unit: unknown unit "kg"' in text
+    assert f'{path}:10 points[3] "energy_import": address: 70000 is outside 0..65535' in text
+    assert f'{path}:11 points[4] "voltage_l1": colour: unknown key' in text
+    assert f"{path}:11 points.voltage_l1: duplicate point name (first on line 7)" in text
+    assert "overlap" in text and "current_l1" in text

@@ -1,0 +1,119 @@
+"""Codec: every type in every word/byte order, sentinels, and round trips (property tests)."""
+
+from __future__ import annotations
+
+import math
+import struct
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from drivers.modbus import codec
+from drivers.model import DataType, Point
+
+
+def pt(type_: DataType, wo: str = "big", bo: str = "big", **kw: object) -> Point:
+    return Point(name="x", address=0, type=type_, word_order=wo, byte_order=bo, **kw)  # type: ignore[arg-type]
+
+
+# 230.5 as IEEE-754 float32 is 0x43668000: bytes A=43 B=66 C=80 D=00.
+@pytest.mark.parametrize(
+    ("wo", "bo", "words"),
+    [
+        ("big", "big", [0x4366, 0x8000]),  # ABCD
+        ("little", "big", [0x8000, 0x4366]),  # CDAB
+        ("big", "little", [0x6643, 0x0080]),  # BADC
+        ("little", "little", [0x0080, 0x6643]),  # DCBA
+    ],
+)
+def test_float32_in_all_four_orders(wo: str, bo: str, words: list[int]) -> None:
+    assert codec.decode(pt(DataType.FLOAT32, wo, bo), words) == 230.5
+    assert codec.encode(pt(DataType.FLOAT32, wo, bo), 230.5) == words
+
+
+def test_cdab_read_as_abcd_is_the_known_nonsense() -> None:
+    # The trap from LIBRARIES.md: word-swapped data decoded as ABCD is a tiny number, not an error.
+    value = codec.decode(pt(DataType.FLOAT32), [0x8000, 0x4366])
+    assert abs(value) < 1e-30
+
+
+def test_integers_signedness_and_width() -> None:
+    assert codec.decode(pt(DataType.INT16), [0xFFFE]) == -2
+    assert codec.decode(pt(DataType.UINT16), [0xFFFE]) == 65534
+    assert codec.decode(pt(DataType.INT32), [0xFFFF, 0xFFFE]) == -2
+    assert codec.decode(pt(DataType.UINT32), [0x0001, 0x0000]) == 65536
+    assert codec.decode(pt(DataType.UINT32, "little"), [0x0000, 0x0001]) == 65536
+    assert codec.decode(pt(DataType.INT64), [0xFFFF, 0xFFFF, 0xFFFF, 0xFFFF]) == -1
+    assert codec.decode(pt(DataType.UINT64), [0, 0, 1, 0]) == 65536
+    assert codec.decode(pt(DataType.UINT64, "little"), [0, 1, 0, 0]) == 65536
+    f64 = struct.unpack(">4H", struct.pack(">d", 12345.678))
+    assert codec.decode(pt(DataType.FLOAT64), list(f64)) == 12345.678
+
+
+def test_bcd() -> None:
+    assert codec.decode(pt(DataType.BCD16), [0x1234]) == 1234
+    assert codec.decode(pt(DataType.BCD32), [0x0012, 0x3456]) == 123456
+    with pytest.raises(codec.Unavailable, match="not BCD"):
+        codec.decode(pt(DataType.BCD16), [0x12A4])
+
+
+def test_sentinels_make_a_point_unavailable_never_a_number() -> None:
+    p = pt(DataType.INT16, invalid=(0x8000,))
+    with pytest.raises(codec.Unavailable, match="0x8000"):
+        codec.decode(p, [0x8000])
+    assert codec.decode(p, [0x7FFF]) == 32767
+    u32 = pt(DataType.UINT32, invalid=(0xFFFFFFFF,))
+    with pytest.raises(codec.Unavailable):
+        codec.decode(u32, [0xFFFF, 0xFFFF])
+
+
+def test_nan_and_infinity_are_unavailable() -> None:
+    with pytest.raises(codec.Unavailable, match="not a number"):
+        codec.decode(pt(DataType.FLOAT32), [0x7FC0, 0x0000])
+    with pytest.raises(codec.Unavailable):
+        codec.decode(pt(DataType.FLOAT32), [0x7F80, 0x0000])
+
+
+def test_wrong_register_count_is_an_error_not_a_value() -> None:
+    with pytest.raises(ValueError, match="needs 2 registers"):
+        codec.decode(pt(DataType.FLOAT32), [0x4366])
+
+
+orders = st.sampled_from([("big", "big"), ("little", "big"), ("big", "little"), ("little", "little")])
+
+
+@given(order=orders, data=st.data(), type_=st.sampled_from([t for t in DataType if not t.is_float]))
+def test_integer_round_trip(order: tuple[str, str], data: st.DataObject, type_: DataType) -> None:
+    lo, hi = codec.type_range(type_)
+    value = data.draw(st.integers(min_value=int(lo), max_value=int(hi)))
+    p = pt(type_, *order)
+    words = codec.encode(p, value)
+    assert len(words) == type_.registers
+    assert all(0 <= w <= 0xFFFF for w in words)
+    assert codec.decode(p, words) == value
+
+
+@given(order=orders, value=st.floats(allow_nan=False, allow_infinity=False, width=32))
+def test_float32_round_trip(order: tuple[str, str], value: float) -> None:
+    p = pt(DataType.FLOAT32, *order)
+    assert codec.decode(p, codec.encode(p, value)) == value
+
+
+@given(order=orders, value=st.floats(allow_nan=False, allow_infinity=False))
+def test_float64_round_trip(order: tuple[str, str], value: float) -> None:
+    p = pt(DataType.FLOAT64, *order)
+    assert codec.decode(p, codec.encode(p, value)) == value
+
+
+@given(
+    words=st.lists(st.integers(0, 0xFFFF), min_size=1, max_size=4), type_=st.sampled_from(list(DataType)), order=orders
+)
+def test_any_words_decode_or_refuse_cleanly(words: list[int], type_: DataType, order: tuple[str, str]) -> None:
+    """No register content crashes the decoder: a number, Unavailable, or ValueError for a bad count."""
+    p = pt(type_, *order)
+    try:
+        v = codec.decode(p, words)
+    except (codec.Unavailable, ValueError):
+        return
+    assert isinstance(v, int) or math.isfinite(v)
