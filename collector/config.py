@@ -277,14 +277,20 @@ def _mqtt(node: Node | None, sink: Sink, gateway_id: str) -> Mqtt | None:
     return m
 
 
+def _identity(f: Fields, key: str) -> str:
+    """An item's name ([a-z0-9-]), which also labels every message about the item."""
+    value: str = f.get(key, str, "", required=True)
+    f.label = value
+    if value and not ID.match(value):
+        f.problem(key, f'"{value}" must be lower case letters, digits and -')
+    return value
+
+
 def _bus(node: Node, where: str, sink: Sink) -> Bus | None:
     f = Fields(node, where, sink)
     if not f.ok:
         return None
-    name = f.get("name", str, "", required=True)
-    f.label = name
-    if name and not ID.match(name):
-        f.problem("name", f'"{name}" must be lower case letters, digits and -')
+    name = _identity(f, "name")
     btype = f.choice("type", BUS_TYPES, None, required=True)
     kw: dict[str, Any] = {}
     if btype == "rtu":
@@ -330,10 +336,7 @@ def _meter(node: Node, where: str, sink: Sink, buses: dict[str, Bus], base: Path
     f = Fields(node, where, sink)
     if not f.ok:
         return None
-    mid = f.get("id", str, "", required=True)
-    f.label = mid
-    if mid and not ID.match(mid):
-        f.problem("id", f'"{mid}" must be lower case letters, digits and -')
+    mid = _identity(f, "id")
     bus = f.get("bus", str, "", required=True)
     if bus and bus not in buses:
         known = ", ".join(sorted(buses)) or "none defined"

@@ -126,3 +126,13 @@ def test_a_dead_meter_fails_alone_with_exit_1(tmp_path: Path, simulator: type) -
     assert readings["gone"]["quality"] == "bad" and "cannot open" in readings["gone"]["errors"]["voltage_l1"]
     # An unknown unit behind a TCP gateway: exception 11, "gateway target device failed to respond".
     assert readings["absent"]["quality"] == "bad" and "exception 11" in readings["absent"]["errors"]["voltage_l1"]
+
+
+def test_models_list_and_show_print_the_map_and_the_plan() -> None:
+    listed = cli("models", "list")
+    assert listed.returncode == 0 and "eastron-sdm630" in listed.stdout
+    shown = cli("models", "show", "tuf-2000m")
+    assert shown.returncode == 0
+    assert "CDAB" in shown.stdout and "FC03 0x0000+26" in shown.stdout
+    unknown = cli("models", "show", "eastron-sdm63")
+    assert unknown.returncode == 2 and 'did you mean "eastron-sdm630"' in unknown.stderr
