@@ -1,19 +1,27 @@
-"""Buses: one transport per physical bus, one transaction on it at a time.
+"""Buses: one worker per physical bus, one transaction on it at a time.
 
-For now this holds the one-shot read used by `read` and `demo`; the daemon's per-bus worker with
-backoff and health builds on the same pieces.
+A slow or dead meter costs its bus at most its timeout and then backs off (exponential, capped),
+so the other meters on that bus keep their schedule. A poll that would overlap the previous poll
+of the same meter is skipped and counted, never piled up. `read_once` is the one-shot read of the
+`read` command, built from the same pieces.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from collector.calibration import Reading, calibrate
 from collector.config import Bus, Config, Meter
+from collector.health import BusHealth, Health
 from drivers.modbus.device import read_device
 from drivers.modbus.planner import DEFAULT_GAP_SERIAL, DEFAULT_GAP_TCP
 from drivers.modbus.transport import Link, ModbusTransport
+
+log = logging.getLogger(__name__)
 
 
 def link_for(bus: Bus) -> Link:
@@ -71,3 +79,114 @@ async def read_once(config: Config, meters: list[Meter], *, with_hidden: bool = 
     results = await asyncio.gather(*(one_bus(n, ms) for n, ms in by_bus.items()))
     order = {m.id: i for i, m in enumerate(meters)}
     return sorted((r for rs in results for r in rs), key=lambda r: order[r.meter])
+
+
+class Backoff:
+    """Exponential, capped: a dead meter is tried again after 1, 2, 4 ... intervals, at most ``cap`` s."""
+
+    def __init__(self, interval: float, cap: float) -> None:
+        self.interval = interval
+        self.cap = max(cap, interval)
+        self.failures = 0
+        self.not_before = 0.0  # monotonic
+
+    def fail(self, now: float) -> None:
+        self.failures += 1
+        delay = min(self.interval * 2 ** (self.failures - 1), self.cap)
+        # A poll at the next slot is always allowed after the first failure (one retry in time).
+        self.not_before = now + delay - self.interval * 0.5
+
+    def ok(self) -> None:
+        self.failures = 0
+        self.not_before = 0.0
+
+    def allows(self, now: float) -> bool:
+        return now >= self.not_before
+
+
+class BusWorker:
+    """Owns one physical bus: polls its meters one at a time, in slot order."""
+
+    def __init__(
+        self,
+        bus: Bus,
+        meters: list[Meter],
+        sink: Callable[[Reading], None],
+        health: Health,
+        *,
+        backoff_cap: float = 300.0,
+    ) -> None:
+        self.bus = bus
+        self.meters = {m.id: m for m in meters}
+        self.sink = sink
+        self.health = health
+        self.transport = ModbusTransport(link_for(bus))
+        self.queue: asyncio.Queue[tuple[Meter, datetime]] = asyncio.Queue()
+        self.busy: set[str] = set()
+        self.backoff = {m.id: Backoff(m.interval, backoff_cap) for m in meters}
+        self.started_at: float | None = None  # monotonic start of the running poll
+        self.bus_health = health.buses.setdefault(bus.name, BusHealth())
+        link = self.transport.link
+        drain = link.timeout if link.drain is None else link.drain
+        #: longest a healthy poll can take: every request timing out, plus margin (for the watchdog)
+        self.stuck_after = 30.0 + 8 * (link.retries + 1) * (link.timeout + drain + link.pause)
+
+    def enqueue(self, meter: Meter, slot: datetime) -> None:
+        mh = self.health.meter(meter.id)
+        if meter.id in self.busy:
+            mh.skipped_overlap += 1
+            return
+        if not self.backoff[meter.id].allows(time.monotonic()):
+            mh.skipped_backoff += 1
+            return
+        self.busy.add(meter.id)
+        self.queue.put_nowait((meter, slot))
+
+    def stuck(self) -> bool:
+        return self.started_at is not None and time.monotonic() - self.started_at > self.stuck_after
+
+    async def run(self) -> None:
+        try:
+            while True:
+                meter, slot = await self.queue.get()
+                self.started_at = time.monotonic()
+                try:
+                    await self.poll(meter, slot)
+                except Exception:
+                    log.exception('polling meter "%s"', meter.id)
+                finally:
+                    self.bus_health.busy_s += time.monotonic() - self.started_at
+                    self.started_at = None
+                    self.busy.discard(meter.id)
+        finally:
+            self.transport.close()
+
+    async def poll(self, meter: Meter, slot: datetime) -> None:
+        backoff = self.backoff[meter.id]
+        mh = self.health.meter(meter.id)
+        before_requests, before_timeouts = self.transport.requests, self.transport.timeouts
+        ts = datetime.now(UTC)
+        result = await read_device(
+            self.transport,
+            meter.address,
+            meter.model,
+            list(meter.points),
+            gap=gap_for(self.bus),
+            retries=0 if backoff.failures else None,
+        )
+        reading = calibrate(meter, result, slot, ts)
+        self.bus_health.transactions += self.transport.requests - before_requests
+        self.bus_health.timeouts += self.transport.timeouts - before_timeouts
+        mh.polls += 1
+        if result.failure is not None:
+            mh.failed += 1
+            backoff.fail(time.monotonic())
+            self.health.mark_down(meter.id, self.bus.name, str(result.failure))
+        else:
+            if reading.quality == "good":
+                mh.good += 1
+            else:
+                mh.partial += 1
+            backoff.ok()
+            self.health.mark_up(meter.id, self.bus.name)
+        self.sink(reading)

@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -225,6 +226,42 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from collector.daemon import run
+
+    return run(args.config)
+
+
+def cmd_buffer(args: argparse.Namespace) -> int:
+    from collector.buffer import Buffer
+    from collector.payloads import Topics, message
+
+    config = _load(args.config)
+    if config is None:
+        return EXIT_USAGE
+    if not Path(config.storage.path).exists():
+        print(f"{config.storage.path}: no buffer yet (the daemon creates it)", file=sys.stderr)
+        return EXIT_FAILED
+    buf = Buffer(config.storage.path, max_age=config.storage.max_age, max_size=config.storage.max_size)
+    try:
+        if args.action == "stats":
+            stats = buf.stats()
+            if args.json:
+                print(json.dumps(stats))
+            else:
+                for k, v in stats.items():
+                    print(f"{k:<22} {v}")
+        else:
+            prefix = config.mqtt.topic_prefix if config.mqtt else "meters"
+            topics = Topics(prefix, config.gateway.id)
+            for row in buf.rows():
+                topic, payload = message(row, config.gateway.id, topics)
+                print(json.dumps({"topic": topic, "payload": json.loads(payload)}, ensure_ascii=False))
+    finally:
+        buf.close()
+    return EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from collector.demo import run_demo
 
@@ -236,6 +273,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"meter-collector {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    run = sub.add_parser("run", help="the daemon: poll, buffer, publish (foreground; systemd Type=notify)")
+    run.add_argument("-c", "--config", required=True)
+    run.set_defaults(func=cmd_run)
+
+    b = sub.add_parser("buffer", help="the SQLite outbox: stats, or export what is unsent as JSON lines")
+    b.add_argument("action", choices=("stats", "export"))
+    b.add_argument("-c", "--config", required=True)
+    b.add_argument("--json", action="store_true", help="stats as JSON")
+    b.set_defaults(func=cmd_buffer)
 
     c = sub.add_parser("check", help="validate a config; exit 0 valid, 2 invalid")
     c.add_argument("-c", "--config", required=True)
@@ -275,9 +322,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
-    )
+    # Under systemd the journal stamps each line; elsewhere show the time.
+    fmt = "%(levelname)s %(name)s: %(message)s"
+    if not os.environ.get("JOURNAL_STREAM"):
+        fmt = "%(asctime)s " + fmt
+    level = logging.DEBUG if args.verbose else (logging.INFO if args.verb == "run" else logging.WARNING)
+    logging.basicConfig(level=level, format=fmt)
     try:
         return int(args.func(args))
     except KeyboardInterrupt:

@@ -68,6 +68,8 @@ class Mqtt:
     topic_prefix: str = "meters"
     protocol: str = "5"  #: "5" or "3.1.1"
     keepalive: float = 60.0
+    max_inflight: int = 100  #: QoS 1 messages awaiting PUBACK at once
+    health_interval: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +130,12 @@ class Meter:
 
 
 @dataclass(frozen=True, slots=True)
+class Clock:
+    sync_check: str = "kernel"  #: "kernel": trust the clock once NTP has set it (adjtimex); "none": always
+    step_threshold: float = 2.0  #: seconds of sudden difference between wall and monotonic clocks
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     path: str
     gateway: Gateway
@@ -135,6 +143,7 @@ class Config:
     mqtt: Mqtt | None
     buses: dict[str, Bus]
     meters: tuple[Meter, ...]
+    clock: Clock = Clock()
 
     def meter(self, meter_id: str) -> Meter:
         for m in self.meters:
@@ -161,6 +170,12 @@ def _build(root: Node, path: Path, sink: Sink) -> Config | None:
     gateway = _gateway(top, sink, root)
     storage = _storage(top, sink, root)
     mqtt = _mqtt(top.raw("mqtt"), sink, gateway.id)
+    cf = _section(top, "clock", root)
+    clock = Clock(
+        sync_check=cf.choice("sync_check", ("kernel", "none"), "kernel"),
+        step_threshold=duration_field(cf, "step_threshold", 2.0, low=0.5, high=3600) or 2.0,
+    )
+    cf.done()
     buses: dict[str, Bus] = {}
     for where, node in items(top.raw("buses"), "buses", sink):
         bus = _bus(node, where, sink)
@@ -187,7 +202,7 @@ def _build(root: Node, path: Path, sink: Sink) -> Config | None:
     if not meters and top.has("meters") is False:
         sink.add(root.line, "meters", "is required: a list of the meters to read")
     _across(meters, buses, sink)
-    return Config(str(path), gateway, storage, mqtt, buses, tuple(meters))
+    return Config(str(path), gateway, storage, mqtt, buses, tuple(meters), clock)
 
 
 def _section(top: Fields, key: str, root: Node) -> Fields:
@@ -266,7 +281,11 @@ def _mqtt(node: Node | None, sink: Sink, gateway_id: str) -> Mqtt | None:
         topic_prefix=f.get("topic_prefix", str, "meters"),
         protocol=str(f.choice("protocol", ("5", "3.1.1"), "5")),
         keepalive=duration_field(f, "keepalive", 60.0, low=5, high=3600) or 60.0,
+        max_inflight=f.get("max_inflight", int, 100),
+        health_interval=duration_field(f, "health_interval", 60.0, low=1, high=3600) or 60.0,
     )
+    if not 1 <= m.max_inflight <= 65535:
+        f.problem("max_inflight", f"{m.max_inflight} is outside 1..65535")
     if (m.topic_prefix and any(c in m.topic_prefix for c in "#+")) or m.topic_prefix.startswith("/"):
         f.problem("topic_prefix", "must not contain # or + or start with /")
     if (m.cert_file is None) != (m.key_file is None):

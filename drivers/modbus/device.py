@@ -17,7 +17,9 @@ from drivers.model import Function, Model, Point
 
 
 class RegisterReader(Protocol):
-    async def read(self, unit: int, function: Function, address: int, count: int) -> list[int]: ...
+    async def read(
+        self, unit: int, function: Function, address: int, count: int, *, retries: int | None = None
+    ) -> list[int]: ...
 
 
 @dataclass(slots=True)
@@ -80,7 +82,14 @@ def decode(requests: list[Request], replies: list[list[int] | None], out: Device
 
 
 async def read_device(
-    reader: RegisterReader, unit: int, model: Model, names: list[str], *, gap: int, single: bool = False
+    reader: RegisterReader,
+    unit: int,
+    model: Model,
+    names: list[str],
+    *,
+    gap: int,
+    single: bool = False,
+    retries: int | None = None,
 ) -> DeviceRead:
     """Read ``names`` (and the helper points they need) from one meter.
 
@@ -95,7 +104,7 @@ async def read_device(
     for req in requests:
         out.requests += 1
         try:
-            replies.append(await reader.read(unit, req.function, req.address, req.count))
+            replies.append(await reader.read(unit, req.function, req.address, req.count, retries=retries))
         except ExceptionReply as exc:
             replies.append(None)
             for p, _ in req.points:

@@ -146,10 +146,15 @@ class ModbusTransport:
             self._client.close()
             self._client = None
 
-    async def read(self, unit: int, function: Function, address: int, count: int) -> list[int]:
-        """Read ``count`` registers; raises NoReply, ExceptionReply, BadReply or NotConnected."""
+    async def read(
+        self, unit: int, function: Function, address: int, count: int, *, retries: int | None = None
+    ) -> list[int]:
+        """Read ``count`` registers; raises NoReply, ExceptionReply, BadReply or NotConnected.
+
+        ``retries`` overrides the link's (0 for a meter already known to be down: one timeout).
+        """
         async with self._lock:
-            attempts = self.link.retries + 1
+            attempts = (self.link.retries if retries is None else retries) + 1
             for attempt in range(attempts):
                 await self.connect()
                 await self._wait_quiet()
@@ -188,6 +193,8 @@ class ModbusTransport:
         if rr.isError():
             code = getattr(rr, "exception_code", 0)
             text = MODBUS_EXCEPTIONS.get(code, "unknown exception")
+            if code in (10, 11):  # a gateway saying the meter behind it is silent: no reply
+                raise NoReply(f"unit {unit}: gateway exception {code}, {text}")
             raise ExceptionReply(code, f"unit {unit} FC{function.code:02d} {address}+{count}: exception {code}, {text}")
         registers = list(rr.registers)
         if len(registers) != count:

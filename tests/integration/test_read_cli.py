@@ -125,7 +125,9 @@ def test_a_dead_meter_fails_alone_with_exit_1(tmp_path: Path, simulator: type) -
     assert readings["alive"]["quality"] == "good"
     assert readings["gone"]["quality"] == "bad" and "cannot open" in readings["gone"]["errors"]["voltage_l1"]
     # An unknown unit behind a TCP gateway: exception 11, "gateway target device failed to respond".
-    assert readings["absent"]["quality"] == "bad" and "exception 11" in readings["absent"]["errors"]["voltage_l1"]
+    assert (
+        readings["absent"]["quality"] == "bad" and "gateway exception 11" in readings["absent"]["errors"]["voltage_l1"]
+    )
 
 
 def test_models_list_and_show_print_the_map_and_the_plan() -> None:

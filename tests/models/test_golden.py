@@ -33,7 +33,9 @@ class CapturedRegisters:
                 for i, w in enumerate(words):
                     self.words[(Function(fn), int(start) + i)] = w
 
-    async def read(self, unit: int, function: Function, address: int, count: int) -> list[int]:
+    async def read(
+        self, unit: int, function: Function, address: int, count: int, *, retries: int | None = None
+    ) -> list[int]:
         try:
             return [self.words[(function, a)] for a in range(address, address + count)]
         except KeyError:

@@ -1,0 +1,362 @@
+"""MQTT session (the only paho-mqtt import): buffered rows out, acknowledgements back to the buffer.
+
+Facts this is built on (../shared/LIBRARIES.md): ``is_published()`` is not proof of delivery (an
+ACL-denied publish under MQTT 5 gets PUBACK 135 and still "is published"), so acks are tracked by
+message id in ``on_publish`` and a failure reason code keeps the row; paho queues without bound
+while disconnected, so the backlog stays in SQLite and paho only ever holds a bounded window.
+
+Flow: rows come either fresh (just committed by the writer, handed over in memory) or from the
+backlog (read back from SQLite by seq after a (re)connect). The window is filled mostly from the
+backlog, oldest first, with a quarter reserved for fresh rows so a long backlog never starves
+current readings. An acked row is deleted in the next batch delete; an unacked row stays and is
+sent again after a reconnect (paho resends its own in-flight QoS 1 messages; we skip those).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import os
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from collector import payloads
+from collector.buffer import AsyncBuffer, Row
+from collector.config import Mqtt
+
+log = logging.getLogger(__name__)
+
+FRESH_SHARE = 4  #: one in this many window places goes to fresh rows while a backlog drains
+BACKLOG_CHUNK = 1000
+ACK_FLUSH_SECONDS = 0.25
+
+
+class SecretError(Exception):
+    """The MQTT password cannot be read (the message never contains the password)."""
+
+
+def read_password(cfg: Mqtt) -> str | None:
+    if cfg.password_file:
+        try:
+            with open(cfg.password_file, encoding="utf-8") as f:
+                return f.read().rstrip("\r\n")
+        except OSError as exc:
+            raise SecretError(f"mqtt.password_file {cfg.password_file}: {exc.strerror}") from None
+    return os.environ.get("MC_MQTT_PASSWORD")
+
+
+@dataclass
+class PublisherStats:
+    published: int = 0
+    acked: int = 0
+    rejected: int = 0
+    connects: int = 0
+    disconnects: int = 0
+
+
+class Publisher:
+    def __init__(
+        self,
+        cfg: Mqtt,
+        gateway: str,
+        buffer: AsyncBuffer,
+        topics: payloads.Topics,
+        *,
+        window: int = 100,
+        on_connect: Callable[[], None] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.gateway = gateway
+        self.buffer = buffer
+        self.topics = topics
+        self.window = window
+        self.on_connect_hook = on_connect
+        self.stats = PublisherStats()
+        self.connected = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._client: mqtt.Client | None = None
+        self._wake = asyncio.Event()
+        self._acks: collections.deque[tuple[int, bool, str]] = collections.deque()
+        self._inflight: dict[int, int] = {}  # mid -> seq
+        self._inflight_seqs: set[int] = set()
+        self._acked_pending: list[int] = []  # acked, delete not yet committed
+        self._acked_set: set[int] = set()
+        self._rejected: set[int] = set()
+        self._rejected_logged: set[tuple[str, str]] = set()
+        self._fresh: collections.deque[Row] = collections.deque()
+        self._fresh_max = 10_000
+        self._backlog: collections.deque[Row] = collections.deque()
+        self._cursor = 0
+        self._backlog_end = 0
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
+        self._connected_event = asyncio.Event()
+        self._last_connect_error = ""
+
+    # -- paho side (its own thread) ---------------------------------------------------------------
+
+    def _make_client(self) -> mqtt.Client:
+        cfg = self.cfg
+        v5 = cfg.protocol == "5"
+        client = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=cfg.client_id,
+            protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
+            clean_session=None if v5 else True,
+        )
+        if cfg.username is not None:
+            client.username_pw_set(cfg.username, read_password(cfg))
+        if cfg.tls:
+            client.tls_set(
+                ca_certs=cfg.ca_file, certfile=cfg.cert_file, keyfile=cfg.key_file, cert_reqs=ssl.CERT_REQUIRED
+            )
+        client.will_set(self.topics.status, payloads.status("offline"), qos=1, retain=True)
+        client.max_inflight_messages_set(self.window)
+        client.reconnect_delay_set(1, 60)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        client.on_connect_fail = self._on_connect_fail
+        return client
+
+    def _call(self, fn: Callable[..., None], *args: Any) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(fn, *args)
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
+        self._call(self._connected_cb, bool(rc.is_failure), str(rc))
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        self._call(self._connect_failed, "no connection")
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
+        self._call(self._disconnected_cb, str(rc))
+
+    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, rc: Any, props: Any) -> None:
+        self._acks.append((mid, bool(rc.is_failure), str(rc)))
+        self._call(self._wake.set)
+
+    # -- event loop side ------------------------------------------------------------------------
+
+    def _connected_cb(self, failed: bool, reason: str) -> None:
+        if failed:
+            self._connect_failed(reason)
+            return
+        self.connected = True
+        self.stats.connects += 1
+        self._last_connect_error = ""
+        log.info("MQTT connected to %s:%d%s", self.cfg.host, self.cfg.port, " (TLS)" if self.cfg.tls else "")
+        assert self._client is not None
+        self._client.publish(self.topics.status, payloads.status("online"), qos=1, retain=True)
+        if self.on_connect_hook is not None:
+            self.on_connect_hook()
+        self._rewind()
+        self._connected_event.set()
+
+    def _connect_failed(self, reason: str) -> None:
+        if reason != self._last_connect_error:
+            log.warning(
+                "MQTT cannot connect to %s:%d: %s; retrying with backoff (up to 60 s)",
+                self.cfg.host,
+                self.cfg.port,
+                reason,
+            )
+            self._last_connect_error = reason
+
+    def _disconnected_cb(self, reason: str) -> None:
+        if self.connected:
+            self.stats.disconnects += 1
+            if not self._stopping:
+                log.warning("MQTT connection lost (%s); readings stay in the buffer; reconnecting", reason)
+        self.connected = False
+        self._connected_event.clear()
+        self._fresh.clear()
+
+    def _rewind(self) -> None:
+        """Send everything stored again from the oldest row (after a connect, or to retry rejects)."""
+        self._cursor = 0
+        self._backlog.clear()
+        self._fresh.clear()
+        self._rejected.clear()
+        self._backlog_end = self.buffer.buffer.next_seq - 1
+        self._wake.set()
+
+    def offer(self, rows: list[Row]) -> None:
+        """Rows just committed by the writer."""
+        if not rows:
+            return
+        if not self.connected:
+            return  # read back from the buffer after the next connect
+        if len(self._fresh) + len(rows) > self._fresh_max:
+            self._fresh.clear()
+            self._backlog_end = rows[-1].seq  # the backlog reads them from SQLite instead
+        else:
+            self._fresh.extend(rows)
+        self._wake.set()
+
+    def publish_direct(self, topic: str, payload: bytes, *, qos: int = 0, retain: bool = False) -> bool:
+        """A message that does not pass through the buffer (status, meta, health); only when connected."""
+        if not self.connected or self._client is None:
+            return False
+        return self._client.publish(topic, payload, qos=qos, retain=retain).rc == MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._client = self._make_client()
+        props = None
+        if self.cfg.protocol == "5":
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            props.SessionExpiryInterval = 0
+        self._client.connect_async(
+            self.cfg.host,
+            self.cfg.port,
+            keepalive=int(self.cfg.keepalive),
+            clean_start=True if self.cfg.protocol == "5" else mqtt.MQTT_CLEAN_START_FIRST_ONLY,
+            properties=props,
+        )
+        self._client.loop_start()
+        self._tasks = [
+            asyncio.create_task(self._pump(), name="mqtt-pump"),
+            asyncio.create_task(self._flush_acks(), name="mqtt-acks"),
+        ]
+
+    async def wait_connected(self, timeout: float) -> bool:
+        try:
+            await asyncio.wait_for(self._connected_event.wait(), timeout)
+            return True
+        except TimeoutError:
+            return False
+
+    @property
+    def inflight(self) -> int:
+        return len(self._inflight)
+
+    def _take_acks(self) -> None:
+        while self._acks:
+            mid, failed, reason = self._acks.popleft()
+            seq = self._inflight.pop(mid, None)
+            if seq is None:
+                continue  # status, meta, health
+            self._inflight_seqs.discard(seq)
+            if failed:
+                self.stats.rejected += 1
+                self._rejected.add(seq)
+                key = (reason, "")
+                if key not in self._rejected_logged:
+                    self._rejected_logged.add(key)
+                    log.error(
+                        "MQTT broker refused seq %d: %s (the row stays in the buffer and is retried "
+                        "after the next reconnect; check the broker's ACL for this gateway)",
+                        seq,
+                        reason,
+                    )
+            else:
+                self.stats.acked += 1
+                self._acked_pending.append(seq)
+                self._acked_set.add(seq)
+
+    def _skip(self, row: Row) -> bool:
+        s = row.seq
+        return s in self._inflight_seqs or s in self._acked_set or s in self._rejected
+
+    async def _next_backlog(self) -> Row | None:
+        while True:
+            while self._backlog:
+                row = self._backlog.popleft()
+                if row.seq > self._backlog_end:
+                    self._backlog.clear()
+                    return None
+                if not self._skip(row):
+                    return row
+            if self._cursor >= self._backlog_end:
+                return None
+            rows = await self.buffer.call(self.buffer.buffer.fetch, self._cursor, BACKLOG_CHUNK)
+            if not rows:
+                self._cursor = self._backlog_end
+                return None
+            self._cursor = rows[-1].seq
+            self._backlog.extend(rows)
+
+    def _next_fresh(self) -> Row | None:
+        while self._fresh:
+            row = self._fresh.popleft()
+            if row.seq > self._backlog_end and not self._skip(row):
+                return row
+        return None
+
+    async def _pump(self) -> None:
+        turn = 0
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            self._take_acks()
+            while self.connected and len(self._inflight) < self.window:
+                turn += 1
+                row = self._next_fresh() if turn % FRESH_SHARE == 0 else None
+                if row is None:
+                    row = await self._next_backlog()
+                if row is None:
+                    row = self._next_fresh()
+                if row is None:
+                    break
+                self._take_acks()
+                if not self.connected or self._client is None:
+                    break
+                topic, payload = payloads.message(row, self.gateway, self.topics)
+                info = self._client.publish(topic, payload, qos=1)
+                if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                    # paho queued it while the link went down; paho resends it after reconnecting.
+                    pass
+                self._inflight[info.mid] = row.seq
+                self._inflight_seqs.add(row.seq)
+                self.stats.published += 1
+
+    async def _flush_acks(self) -> None:
+        while True:
+            await asyncio.sleep(ACK_FLUSH_SECONDS)
+            await self.flush_acks()
+
+    async def flush_acks(self) -> None:
+        if not self._acked_pending:
+            return
+        seqs, self._acked_pending = self._acked_pending, []
+        await self.buffer.call(self.buffer.buffer.delete, seqs)
+        self._acked_set.difference_update(seqs)
+
+    async def drain(self, timeout: float) -> None:
+        """Give in-flight and buffered rows up to ``timeout`` seconds to be acknowledged."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while loop.time() < deadline and self.connected:
+            self._wake.set()
+            if not self._inflight and not self._fresh and self._cursor >= self._backlog_end:
+                break
+            await asyncio.sleep(0.05)
+        self._take_acks()
+        await self.flush_acks()
+
+    async def stop(self) -> None:
+        self._stopping = True
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._take_acks()
+        await self.flush_acks()
+        if self._client is not None:
+            if self.connected:
+                info = self._client.publish(self.topics.status, payloads.status("offline"), qos=1, retain=True)
+                try:
+                    await asyncio.wait_for(asyncio.to_thread(info.wait_for_publish, 2.0), 3.0)
+                except (TimeoutError, RuntimeError, ValueError):
+                    pass
+            self._client.disconnect()
+            await asyncio.to_thread(self._client.loop_stop)
+        self.connected = False
