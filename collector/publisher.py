@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import os
 import ssl
@@ -353,10 +354,8 @@ class Publisher:
         if self._client is not None:
             if self.connected:
                 info = self._client.publish(self.topics.status, payloads.status("offline"), qos=1, retain=True)
-                try:
+                with contextlib.suppress(TimeoutError, RuntimeError, ValueError):
                     await asyncio.wait_for(asyncio.to_thread(info.wait_for_publish, 2.0), 3.0)
-                except (TimeoutError, RuntimeError, ValueError):
-                    pass
             self._client.disconnect()
             await asyncio.to_thread(self._client.loop_stop)
         self.connected = False
