@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from collections import defaultdict
@@ -81,7 +82,7 @@ def test_a_12_second_uplink_cut_loses_nothing(tmp_path: Path, broker: Mosquitto,
     for meter, ss in slots.items():
         during = [s for s in ss if cut_at < s < restored_at]
         assert len(during) >= 11, f"{meter}: only {len(during)} readings from the 12 s cut arrived"
-        holes = [(a, b) for a, b in zip(ss, ss[1:], strict=False) if b - a > 1]
+        holes = [(a, b) for a, b in itertools.pairwise(ss) if b - a > 1]
         assert not holes, f"{meter}: slots missing between {holes}"
     remaining, integrity = stored(tmp_path / "buffer.db")
     assert remaining == set() and integrity == "ok"
