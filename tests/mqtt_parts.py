@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -86,6 +87,8 @@ class Mosquitto:
             "max_queued_messages 100000",
             f"log_dest file {folder / 'mosquitto.log'}",
         ]
+        if os.geteuid() == 0:
+            lines.append("user root")  # else it drops to "mosquitto", who cannot read the test's files
         if tls:
             lines += [f"cafile {tls['ca.pem']}", f"certfile {tls['server.pem']}", f"keyfile {tls['server.key']}"]
             if require_cert:
@@ -123,20 +126,27 @@ class Subscriber:
     """The platform's side: subscribes at QoS 1 and keeps every message it receives."""
 
     def __init__(
-        self, port: int, topic: str = "#", *, tls_ca: Path | None = None, auth: tuple[str, str] | None = None
+        self,
+        port: int,
+        topic: str = "#",
+        *,
+        tls_ca: Path | None = None,
+        tls_cert: tuple[Path, Path] | None = None,
+        auth: tuple[str, str] | None = None,
     ) -> None:
         self.messages: list[tuple[str, bytes, bool]] = []
         self.lock = threading.Lock()
         self.ready = threading.Event()
         c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"platform-{port}", protocol=mqtt.MQTTv5)
         if tls_ca:
-            c.tls_set(ca_certs=str(tls_ca))
+            cert, key = tls_cert if tls_cert else (None, None)
+            c.tls_set(ca_certs=str(tls_ca), certfile=str(cert) if cert else None, keyfile=str(key) if key else None)
         if auth:
             c.username_pw_set(*auth)
         c.on_connect = lambda cl, u, f, rc, p: cl.subscribe(topic, qos=1)
         c.on_subscribe = lambda cl, u, mid, rcs, p: self.ready.set()
         c.on_message = self._on_message
-        c.connect("127.0.0.1", port)
+        c.connect("localhost" if tls_ca else "127.0.0.1", port)
         c.loop_start()
         self.client = c
         if not self.ready.wait(10):

@@ -1,0 +1,86 @@
+"""Wall-clock steps, as NTP makes them on a Pi without an RTC, played with libfaketime on the real
+daemon: the wall clock jumps while the monotonic clock does not."""
+
+from __future__ import annotations
+
+import os
+import time
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Simulator, free_port
+from tests.integration.daemon_parts import DaemonProcess, site_config
+from tests.mqtt_parts import Mosquitto, Subscriber
+
+LIBFAKETIME = [
+    Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"),
+    Path("/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1"),
+    Path("/usr/lib/arm-linux-gnueabihf/faketime/libfaketime.so.1"),
+]
+
+
+def libfaketime() -> Path:
+    for p in LIBFAKETIME:
+        if p.exists():
+            return p
+    if os.environ.get("CI"):
+        pytest.fail("libfaketime is not installed; the test command must install it (apt-get install faketime)")
+    pytest.skip("libfaketime is not installed (apt-get install faketime)")
+
+
+def slot_ts(r: dict) -> float:  # type: ignore[type-arg]
+    return datetime.fromisoformat(r["slot"].replace("Z", "+00:00")).timestamp()
+
+
+def test_clock_steps_forward_and_back_without_a_burst_or_a_silent_gap(
+    tmp_path: Path, simulator: type[Simulator]
+) -> None:
+    lib = libfaketime()
+    (tmp_path / "b").mkdir()
+    broker = Mosquitto(tmp_path / "b").start()
+    sim = free_port()
+    simulator("--model", "eastron-sdm120", "--tcp", f"127.0.0.1:{sim}", "--ids", "1")
+    offset = tmp_path / "faketime"
+    offset.write_text("+0\n")
+    env = {
+        **os.environ,
+        "LD_PRELOAD": str(lib),
+        "FAKETIME_TIMESTAMP_FILE": str(offset),
+        "FAKETIME_NO_CACHE": "1",
+        "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+    }
+    sub = Subscriber(broker.port, "meters/gw1/#")
+    config = site_config(tmp_path, mqtt_url=f"mqtt://127.0.0.1:{broker.port}", sim_port=sim, meters=1)
+    d = DaemonProcess(config, tmp_path / "daemon.log", env=env)
+    try:
+        sub.wait_for(lambda: len(sub.json("/reading")) >= 3, 20, "readings before the step")
+        offset.write_text("+3600\n")  # NTP steps the clock forward by an hour
+        step_at = time.time()
+        sub.wait_for(lambda: any(e["event"] == "clock_stepped" for e in sub.json("/events")), 10, "the step event")
+        time.sleep(4)
+        after_forward = [r for r in sub.json("/reading") if slot_ts(r) > step_at + 3000]
+        # No burst: an hour of missed 1 s slots is not polled after the fact.
+        assert 2 <= len(after_forward) <= 7, len(after_forward)
+        offset.write_text("-600\n")  # and back, 70 minutes
+        back_at = time.time()
+        sub.wait_for(
+            lambda: sum(e["event"] == "clock_stepped" for e in sub.json("/events")) >= 2, 10, "the backward step event"
+        )
+        # No silent gap: polling goes on at once on the new (earlier) time.
+        sub.wait_for(
+            lambda: len([r for r in sub.json("/reading") if back_at - 700 < slot_ts(r) < back_at]) >= 2,
+            8,
+            "readings after the backward step",
+        )
+        assert d.term() == 0
+    finally:
+        if d.proc.poll() is None:
+            d.kill()
+        sub.close()
+        broker.stop()
+    steps = [e for e in sub.json("/events") if e["event"] == "clock_stepped"]
+    assert steps[0]["delta_s"] == pytest.approx(3600, abs=3) and steps[0]["slots_skipped"] is True
+    assert steps[1]["delta_s"] == pytest.approx(-4200, abs=3)
+    assert "wall clock stepped forward by 36" in d.log()

@@ -1,0 +1,114 @@
+"""The SQLite outbox: seq across restarts, compact rows, retention that reports what it drops."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from collector.buffer import KIND_EVENT, Buffer, Record
+
+NOW = datetime(2026, 11, 27, 8, 0, tzinfo=UTC)
+
+
+def rec(meter: str = "m1", age: timedelta = timedelta(0), n: int = 3) -> Record:
+    return Record(meter, NOW - age, NOW - age, {f"p{i}": 1000.5 + i for i in range(n)})
+
+
+def test_seq_is_gap_free_and_survives_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "b.db"
+    b = Buffer(path)
+    rows = b.append([rec(), rec("m2")], [{"event": "x"}])
+    assert [r.seq for r in rows] == [1, 2, 3]
+    b.delete([1, 2, 3])
+    b.close()
+    b = Buffer(path)
+    assert [r.seq for r in b.append([rec()])] == [4]  # never reused, even with an empty outbox
+
+
+def test_rows_round_trip(tmp_path: Path) -> None:
+    b = Buffer(tmp_path / "b.db")
+    r = Record(
+        "m1",
+        NOW,
+        NOW + timedelta(milliseconds=412),
+        {"energy_import": 15321.07, "active_power": -1.5},
+        "partial",
+        {"frequency": "no reply"},
+        synced=False,
+    )
+    b.append([r])
+    row = b.fetch(0, 10)[0]
+    assert row.meter == "m1" and row.slot == int(NOW.timestamp()) and row.ts_ms % 1000 == 412
+    assert row.values == {"energy_import": 15321.07, "active_power": -1.5}
+    assert row.extra == {"errors": {"frequency": "no reply"}, "clock": "unsynced"}
+
+
+def test_the_file_is_wal_full_sync_and_readable_with_sqlite3(tmp_path: Path) -> None:
+    b = Buffer(tmp_path / "b.db")
+    b.append([rec()])
+    assert b.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert b.conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    assert b.conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # INCREMENTAL
+    other = sqlite3.connect(tmp_path / "b.db")
+    assert other.execute("SELECT count(*) FROM outbox").fetchone()[0] == 1
+
+
+def test_a_value_costs_about_nine_bytes(tmp_path: Path) -> None:
+    b = Buffer(tmp_path / "b.db")
+    for _ in range(10):
+        b.append([rec(f"m{i}", n=30) for i in range(200)])
+    assert b.used_bytes() / (2000 * 30) <= 12
+
+
+def test_retention_by_age_drops_the_oldest_and_reports_it(tmp_path: Path) -> None:
+    b = Buffer(tmp_path / "b.db", max_age=3600)
+    b.append([rec(age=timedelta(hours=2)) for _ in range(50)] + [rec() for _ in range(5)])
+    events = b.enforce_retention(now=NOW.timestamp())
+    assert len(events) == 1 and events[0].kind == KIND_EVENT
+    assert events[0].extra == {
+        "event": "data_dropped",
+        "reason": "max_age",
+        "count": 50,
+        "first_seq": 1,
+        "last_seq": 50,
+        "dropped_total": 50,
+        "limit": 3600,
+    }
+    assert b.depth() == 6  # 5 readings and the event itself, which goes out like any message
+
+
+def on_disk(db: Path) -> int:
+    return sum(os.path.getsize(f"{db}{s}") for s in ("", "-wal") if os.path.exists(f"{db}{s}"))
+
+
+def test_retention_by_size_shrinks_the_file(tmp_path: Path) -> None:
+    b = Buffer(tmp_path / "b.db", max_size=300_000)
+    for _ in range(20):
+        b.append([rec(f"m{i}", n=30) for i in range(200)])
+    before = on_disk(tmp_path / "b.db")
+    events = b.enforce_retention(now=NOW.timestamp())
+    assert events and events[-1].extra and events[-1].extra["reason"] == "max_size"
+    assert b.used_bytes() <= 300_000
+    assert on_disk(tmp_path / "b.db") < before / 2  # pages returned to the file system
+    assert b.integrity() == "ok"
+    # The newest rows are the ones kept.
+    assert b.fetch(0, 1)[0].seq > events[-1].extra["first_seq"]
+
+
+def test_a_commit_survives_sigkill(tmp_path: Path) -> None:
+    script = (
+        "import os, sys, signal\n"
+        "from datetime import UTC, datetime\n"
+        "from collector.buffer import Buffer, Record\n"
+        f"b = Buffer({str(tmp_path / 'k.db')!r})\n"
+        "now = datetime.now(UTC)\n"
+        "b.append([Record('m', now, now, {'x': 1.0}) for _ in range(100)])\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).parents[2], check=False)
+    b = Buffer(tmp_path / "k.db")
+    assert b.depth() == 100 and b.integrity() == "ok" and b.next_seq == 101
