@@ -1,14 +1,20 @@
-"""`meter-collector demo`: the reading path end to end on one machine, no hardware.
+"""`meter-collector demo`: the whole pipeline on one machine, no hardware, no root.
 
-Simulated meters are served over Modbus TCP, over RTU-over-TCP and, when socat is installed, over
-RTU on a pty pair (a virtual RS-485 line); a config for them is written to a temporary folder,
-checked like any site config, and every meter is read with the same code `read` uses.
+Simulated meters on Modbus TCP, RTU over TCP and, when socat is installed, RTU on a pty pair (a
+virtual RS-485 line, with one address nobody answers to); the daemon with a temporary buffer; a
+broker (Mosquitto when it is on PATH, else a small embedded one); and a live view of what the
+platform receives. Midway the daemon's uplink is cut for a few seconds: the readings taken during
+the cut wait in the buffer and arrive when it is back, and the summary checks that seq has no gap.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import logging
+import os
+import queue
 import shutil
 import socket
 import subprocess
@@ -18,30 +24,39 @@ import time
 from pathlib import Path
 from typing import Any
 
-from collector.bus import read_once
-from collector.cli import render_reading
 from collector.config import load_config
-from collector.simulator import make_slave
+from collector.daemon import Daemon
+from collector.minibroker import MiniBroker
+from collector.simulator import SimulatedMeter
 from drivers import registry
-from drivers.modbus.server import SerialServer, TcpServer
+from drivers.modbus.server import SerialServer, Slave, TcpServer
+
+GATEWAY = "demo-gw"
+INTERVAL = "2s"
 
 DEMO_CONFIG = """\
 # Written by `meter-collector demo`: simulated meters on this machine.
-gateway: {{id: demo-gw, site: demo, building: B01}}
+gateway: {{id: {gw}, site: demo, building: B01}}
 storage: {{path: {tmp}/buffer.db}}
+mqtt: {{url: "mqtt://127.0.0.1:{mqtt_port}", health_interval: 5s}}
 buses:
   - {{name: lan, type: tcp, host: 127.0.0.1, port: {tcp_port}, timeout: 500ms}}
   - {{name: serial-server, type: rtu-over-tcp, host: 127.0.0.1, port: {rot_port}, timeout: 500ms}}
 {rtu_bus}meters:
-  - {{id: main-incomer, bus: lan, address: 1, model: eastron-sdm630, interval: 1m, category: "01000",
-     calibration: {{ct_ratio: 40}}}}
-  - {{id: lighting-b1, bus: lan, address: 2, model: eastron-sdm630, interval: 1m, category: "01A00"}}
-  - {{id: water-main, bus: serial-server, address: 1, model: tuf-2000m, interval: 15m, category: "02000"}}
-{rtu_meter}"""
+  - {{id: main-incomer, bus: lan, address: 1, model: eastron-sdm630, interval: {iv}, category: "01000",
+     points: [energy_import, active_power, voltage_l1], calibration: {{ct_ratio: 40}}}}
+  - {{id: lighting-b1, bus: lan, address: 2, model: eastron-sdm120, interval: {iv}, category: "01A00",
+     points: [energy_import, active_power]}}
+  - {{id: water-main, bus: serial-server, address: 1, model: tuf-2000m, interval: {iv}, category: "02000",
+     points: [volume, flow_rate]}}
+{rtu_meters}"""
 
 RTU_BUS = "  - {{name: rs485-1, type: rtu, port: {dev}, baudrate: 9600, parity: N, timeout: 300ms}}\n"
-RTU_METER = (
-    '  - {{id: hvac-chiller, bus: rs485-1, address: 7, model: chint-dtsu666, interval: 1m, category: "01B00"}}\n'
+RTU_METERS = (
+    '  - {{id: hvac-chiller, bus: rs485-1, address: 7, model: chint-dtsu666, interval: {iv}, category: "01B00",'
+    " points: [energy_import, active_power, current_l1]}}\n"
+    '  - {{id: spare-feeder, bus: rs485-1, address: 9, model: eastron-sdm120, interval: {iv}, category: "01D00",'
+    " points: [energy_import]}}\n"
 )
 
 
@@ -52,63 +67,230 @@ def free_port() -> int:
         return port
 
 
-async def _demo(tmp: Path, duration: float) -> int:
+class Relay:
+    """The gateway's uplink, as a TCP relay the demo can cut."""
+
+    def __init__(self, target: int) -> None:
+        self.target = target
+        self.port = free_port()
+        self.server: asyncio.Server | None = None
+        self.writers: list[asyncio.StreamWriter] = []
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_r, up_w = await asyncio.open_connection("127.0.0.1", self.target)
+        except OSError:
+            writer.close()
+            return
+        self.writers += [writer, up_w]
+
+        async def pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(Exception):
+                while data := await r.read(65536):
+                    w.write(data)
+                    await w.drain()
+            w.close()
+
+        await asyncio.gather(pipe(reader, up_w), pipe(up_r, writer))
+
+    async def cut(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            self.server = None
+        for w in self.writers:
+            w.close()
+        self.writers.clear()
+
+
+class View:
+    """The platform's side: a subscriber printing what arrives."""
+
+    def __init__(self, port: int) -> None:
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        self.inbox: queue.Queue[tuple[str, bytes]] = queue.Queue()
+        self.seqs: set[int] = set()
+        self.readings: dict[str, int] = {}
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="demo-platform", protocol=mqtt.MQTTv311)
+        c.on_connect = lambda cl, u, f, rc, p: cl.subscribe(f"meters/{GATEWAY}/#", qos=1)
+        c.on_message = lambda cl, u, m: self.inbox.put((m.topic, m.payload))
+        c.connect("127.0.0.1", port)
+        c.loop_start()
+        self.client = c
+
+    def show(self) -> None:
+        while True:
+            try:
+                topic, payload = self.inbox.get_nowait()
+            except queue.Empty:
+                return
+            kind = topic.rsplit("/", 1)[-1]
+            body = json.loads(payload)
+            if "seq" in body:
+                self.seqs.add(body["seq"])
+            if kind == "reading":
+                self.readings[body["meter"]] = self.readings.get(body["meter"], 0) + 1
+                values = "  ".join(f"{k} {v:.10g}" for k, v in list(body["values"].items())[:3])
+                late = "  (from the buffer)" if time.time() - _ts(body["ts"]) > 3 else ""
+                print(
+                    f"  seq {body['seq']:>4}  {body['slot'][11:19]}  {body['meter']:<13} {body['quality']:<7} "
+                    f"{values or body.get('errors', '')}{late}"
+                )
+            elif kind == "events":
+                detail = {k: v for k, v in body.items() if k not in ("v", "gateway", "seq", "ts", "event")}
+                print(f"  seq {body['seq']:>4}  EVENT {body['event']}: {detail}")
+            elif kind == "health":
+                print(
+                    f"  health: buffer {body['buffer']['depth']} unsent, mqtt published {body['mqtt']['published']}"
+                    f" acked {body['mqtt']['acked']}"
+                )
+            elif kind == "status":
+                print(f"  status: {body['state']}")
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def _ts(iso: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+async def _broker(tmp: Path, prefer: str) -> tuple[int, Any]:
+    exe = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None)
+    if prefer != "embedded" and exe:
+        port = free_port()
+        conf = tmp / "mosquitto.conf"
+        user = "user root\n" if os.geteuid() == 0 else ""
+        conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n{user}")
+        proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(200):
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    print(f"broker: Mosquitto on 127.0.0.1:{port}")
+                    return port, proc
+            await asyncio.sleep(0.02)
+        proc.kill()
+        print("(Mosquitto did not start; using the embedded broker)")
+    broker = MiniBroker()
+    await broker.start()
+    print(f"broker: embedded (Mosquitto not found) on 127.0.0.1:{broker.port}")
+    return broker.port, broker
+
+
+async def _demo(tmp: Path, duration: float, outage: float, prefer_broker: str) -> int:
     servers: list[Any] = []
     socat = None
-    rtu_bus = rtu_meter = ""
-    tcp_slave, _ = make_slave(registry.load("eastron-sdm630"), [1, 2], serial=False)
-    rot_slave, _ = make_slave(registry.load("tuf-2000m"), [1], serial=True)
-    tcp = TcpServer(tcp_slave, "127.0.0.1", 0)
-    rot = TcpServer(rot_slave, "127.0.0.1", 0, rtu=True)
-    servers += [tcp, rot]
-    for s in servers:
+    rtu_bus = rtu_meters = ""
+    lan = Slave(
+        {1: SimulatedMeter(registry.load("eastron-sdm630"), 1), 2: SimulatedMeter(registry.load("eastron-sdm120"), 2)},
+        silent_unknown=False,
+    )
+    rot = Slave({1: SimulatedMeter(registry.load("tuf-2000m"), 1)})
+    tcp, rot_server = TcpServer(lan, "127.0.0.1", 0), TcpServer(rot, "127.0.0.1", 0, rtu=True)
+    for s in (tcp, rot_server):
         await s.start()
+        servers.append(s)
     if shutil.which("socat"):
         a, b = tmp / "ttySIM", tmp / "ttyGW"
         socat = subprocess.Popen(
             ["socat", f"pty,raw,echo=0,link={a}", f"pty,raw,echo=0,link={b}"], stderr=subprocess.DEVNULL
         )
-        for _ in range(100):
+        for _ in range(200):
             if a.exists() and b.exists():
                 break
             await asyncio.sleep(0.02)
-        rtu_slave, _ = make_slave(registry.load("chint-dtsu666"), [7], serial=True)
-        rtu = SerialServer(rtu_slave, str(a), 9600)
+        rtu = SerialServer(Slave({7: SimulatedMeter(registry.load("chint-dtsu666"), 7)}), str(a), 9600)
         await rtu.start()
         servers.append(rtu)
-        rtu_bus, rtu_meter = RTU_BUS.format(dev=b), RTU_METER.format()
+        rtu_bus, rtu_meters = RTU_BUS.format(dev=b), RTU_METERS.format(iv=INTERVAL)
     else:
-        print("(socat not found: no virtual RS-485 line; apt-get install socat adds one)")
+        print("(socat not found: no virtual RS-485 line; `apt-get install socat` adds one)")
+    broker_port, broker = await _broker(tmp, prefer_broker)
+    relay = Relay(broker_port)
+    await relay.start()
     path = tmp / "demo.yaml"
     path.write_text(
-        DEMO_CONFIG.format(tmp=tmp, tcp_port=tcp.port, rot_port=rot.port, rtu_bus=rtu_bus, rtu_meter=rtu_meter)
+        DEMO_CONFIG.format(
+            gw=GATEWAY,
+            tmp=tmp,
+            mqtt_port=relay.port,
+            tcp_port=tcp.port,
+            rot_port=rot_server.port,
+            rtu_bus=rtu_bus,
+            rtu_meters=rtu_meters,
+            iv=INTERVAL,
+        )
     )
     config = load_config(path)
-    print(f"config: {path} (valid: {len(config.buses)} buses, {len(config.meters)} meters)\n")
-    failed = False
+    print(f"config: {path} ({len(config.buses)} buses, {len(config.meters)} meters, every {INTERVAL})")
+    view = View(broker_port)
+    daemon = Daemon(config)
+    await daemon.start()
+    print("the platform receives:\n")
+    started = time.monotonic()
+    cut_at = duration / 3 if outage and duration >= 3 * outage else None
+    restored = False
     try:
-        deadline = time.monotonic() + duration
-        while True:
-            readings = await read_once(config, list(config.meters))
-            for r in readings:
-                print(render_reading(r, config))
-                failed |= r.quality != "good"
-            if time.monotonic() >= deadline:
-                break
-            print()
-            await asyncio.sleep(min(5.0, max(0.0, deadline - time.monotonic())))
+        while duration <= 0 or time.monotonic() - started < duration:
+            await asyncio.sleep(0.2)
+            view.show()
+            elapsed = time.monotonic() - started
+            if cut_at is not None and relay.server is not None and not restored and elapsed >= cut_at:
+                await relay.cut()
+                print(f"\n  --- uplink cut for {outage:g} s: readings wait in the buffer ---\n")
+            if cut_at is not None and relay.server is None and not restored and elapsed >= cut_at + outage:
+                await relay.start()
+                restored = True
+                print("\n  --- uplink back: the buffered readings follow ---\n")
     finally:
+        await daemon.stop()
+        await asyncio.sleep(0.5)
+        view.show()
+        view.close()
+        await relay.cut()
         for s in servers:
             await s.stop()
+        if isinstance(broker, MiniBroker):
+            await broker.stop()
+        else:
+            broker.terminate()
         if socat is not None:
             socat.terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                socat.wait(2)
-    return 1 if failed else 0
+    return _summary(view, tmp)
 
 
-def run_demo(duration: float = 0.0) -> int:
+def _summary(view: View, tmp: Path) -> int:
+    import sqlite3
+
+    seqs = sorted(view.seqs)
+    gap_free = bool(seqs) and seqs == list(range(seqs[0], seqs[-1] + 1))
+    conn = sqlite3.connect(tmp / "buffer.db")
+    left = conn.execute("SELECT count(*) FROM outbox").fetchone()[0]
+    conn.close()
+    print("\nsummary:")
+    for meter, n in sorted(view.readings.items()):
+        print(f"  {meter:<13} {n} readings")
+    if seqs:
+        print(
+            f"  seq {seqs[0]}..{seqs[-1]} received, {'no gap' if gap_free else 'GAPS'}; "
+            f"{left} message(s) left in the buffer"
+        )
+    return 0 if gap_free else 1
+
+
+def run_demo(duration: float = 20.0, outage: float = 5.0, broker: str = "auto") -> int:
+    logging.getLogger().setLevel(logging.WARNING)
     with tempfile.TemporaryDirectory(prefix="mc-demo-") as tmp:
-        code = asyncio.run(_demo(Path(tmp), duration))
+        try:
+            code = asyncio.run(_demo(Path(tmp), duration, outage, broker))
+        except KeyboardInterrupt:
+            code = 0
     sys.stdout.flush()
     return code

@@ -15,6 +15,7 @@ import pytest
 from tests.conftest import Simulator, free_port
 from tests.integration.daemon_parts import DaemonProcess, site_config, stored
 from tests.mqtt_parts import Mosquitto, Proxy, Subscriber
+from tests.schemas import validate
 
 
 @pytest.fixture
@@ -138,6 +139,9 @@ def test_status_meta_health_and_a_dead_meter_event(
         if d.proc.poll() is None:
             d.kill()
         sub.close()
+    # Every payload the daemon really sent matches the contract's JSON Schema.
+    kinds = {validate(topic, json.loads(payload)) for topic, payload, _ in sub.messages}
+    assert kinds == {"reading", "event", "status", "meta", "health"}
     status = sub.json("/status")
     assert status[0]["state"] == "online" and status[-1]["state"] == "offline"
     meta = {m["meter"]: m for m in sub.json("/meta")}

@@ -16,9 +16,16 @@ UNIT = Path(__file__).parents[2] / "systemd" / "meter-collector.service"
 
 def test_unit_settings() -> None:
     text = UNIT.read_text()
-    for line in ("Type=notify", "WatchdogSec=", "User=meter-collector", "SupplementaryGroups=dialout",
-                 "StateDirectory=meter-collector", "ConfigurationDirectory=meter-collector",
-                 "DeviceAllow=char-ttyUSB rw", "ExecReload="):
+    for line in (
+        "Type=notify",
+        "WatchdogSec=",
+        "User=meter-collector",
+        "SupplementaryGroups=dialout",
+        "StateDirectory=meter-collector",
+        "ConfigurationDirectory=meter-collector",
+        "DeviceAllow=char-ttyUSB rw",
+        "ExecReload=",
+    ):
         assert line in text, line
     settings = [line for line in text.splitlines() if line and not line.startswith("#")]
     assert "PrivateDevices=yes" not in settings  # it would hide the serial ports
