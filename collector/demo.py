@@ -117,7 +117,7 @@ class View:
         self.readings: dict[str, int] = {}
         c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="demo-platform", protocol=mqtt.MQTTv311)
         c.on_connect = lambda cl, u, f, rc, p: cl.subscribe(f"meters/{GATEWAY}/#", qos=1)
-        c.on_message = lambda cl, u, m: self.inbox.put((m.topic, m.payload))
+        c.on_message = lambda cl, u, m: self.inbox.put((m.topic, bytes(m.payload)))
         c.connect("127.0.0.1", port)
         c.loop_start()
         self.client = c
