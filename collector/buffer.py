@@ -5,7 +5,8 @@
 * ``seq`` is assigned in the transaction that stores the message, from a counter kept in the same
   file, so it survives restarts and never repeats.
 * Readings are stored compactly: the point names of a meter live once in ``layouts``; a row holds
-  its values as little-endian float64s in that order (8 bytes a value, plus a small row header).
+  its values as little-endian float64s in that order (8 bytes a value, plus a small row header);
+  the slot is stored as its distance from ``ts`` in seconds (usually 0: no bytes at all).
 * Rows leave only when the broker acknowledged them (``delete``) or by the retention limits
   (``enforce_retention``), which count what they drop and report it as an event in the same
   transaction.
@@ -184,7 +185,8 @@ class Buffer:
                             seq,
                             KIND_READING,
                             self._meter_id(r.meter),
-                            slot,
+                            # The slot as seconds before ts: almost always 0, which SQLite stores in no bytes.
+                            ts // 1000 - slot,
                             ts,
                             q,
                             self._layout_id(names),
@@ -223,9 +225,10 @@ class Buffer:
         return rows
 
     def _row(self, r: tuple[Any, ...]) -> Row:
-        seq, kind, meter, slot, ts, quality, layout, data, extra = r
-        values = None
+        seq, kind, meter, slot_delta, ts, quality, layout, data, extra = r
+        values, slot = None, None
         if kind == KIND_READING:
+            slot = ts // 1000 - slot_delta
             names = self._layout_names[layout]
             values = dict(zip(names, struct.unpack(f"<{len(names)}d", data), strict=True))
         return Row(
