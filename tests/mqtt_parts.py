@@ -233,8 +233,14 @@ class Proxy:
     def cut(self) -> None:
         """Drop every connection and refuse new ones (the uplink is gone)."""
         if self.server is not None:
+            # shutdown() wakes the thread blocked in accept(); close() alone would leave the kernel
+            # socket listening until that accept() returns, and one more connection would get through.
+            with contextlib.suppress(OSError):
+                self.server.shutdown(socket.SHUT_RDWR)
             self.server.close()
             self.server = None
+            if self.thread is not None:
+                self.thread.join(5)
         with self.lock:
             for s in self.conns:
                 with contextlib.suppress(OSError):

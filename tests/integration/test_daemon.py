@@ -179,3 +179,25 @@ def test_payload_shapes(tmp_path: Path, broker: Mosquitto, simulator: type[Simul
     assert r["ts"] >= r["slot"].replace("Z", ".000Z")
     assert set(r["values"]) == {"energy_import", "active_power", "voltage_l1"}
     assert json.dumps(r)  # plain JSON types
+
+
+def test_network_down_at_boot(tmp_path: Path, broker: Mosquitto, simulator: type[Simulator]) -> None:
+    sim_port = sdm120s(simulator, 2)
+    proxy = Proxy(broker.port)
+    proxy.cut()  # the uplink is not there when the daemon starts
+    sub = Subscriber(broker.port, "meters/gw1/#")
+    d = DaemonProcess(site_config(tmp_path, mqtt_url=f"mqtt://127.0.0.1:{proxy.port}", sim_port=sim_port, meters=2),
+                      tmp_path / "daemon.log")
+    try:
+        time.sleep(3)
+        assert not sub.json("/reading")
+        proxy.restore()
+        sub.wait_for(lambda: len(sub.json("/reading")) >= 8, 30, "readings once the uplink is up")
+        assert d.term() == 0
+    finally:
+        if d.proc.poll() is None:
+            d.kill()
+        proxy.close()
+        sub.close()
+    assert "MQTT cannot connect" in d.log()
+    assert_gap_free(sub.seqs())

@@ -1,0 +1,122 @@
+"""The daemon under load: values delivered per second, CPU per value, memory.
+
+Run:  .venv/bin/python bench/bench_daemon.py --meters 200 --interval 1s --seconds 30
+      .venv/bin/python bench/bench_daemon.py --meters 200 --interval 1m --seconds 180
+
+Simulated SDM630s (32 points each) are served over Modbus TCP by `meter-collector simulate`
+processes (one per bus of 50 meters), a Mosquitto of its own takes the readings, and the daemon
+runs as its own process. The figures are the daemon's alone (from /proc): CPU seconds and RSS;
+the subscriber counts the values that arrive. Baseline, in the same run: the Python interpreter
+with the daemon's imports loaded and idle (RSS), to show what the daemon itself adds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from bench.bench_drain import free_port, start_broker
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--meters", type=int, default=200)
+    ap.add_argument("--interval", default="1s")
+    ap.add_argument("--seconds", type=float, default=30)
+    args = ap.parse_args()
+    per_bus = 50
+    buses = (args.meters + per_bus - 1) // per_bus
+    with tempfile.TemporaryDirectory() as tmp:
+        t = Path(tmp)
+        broker, mqtt_port = start_broker(t)
+        sims, lines = [], []
+        for b in range(buses):
+            port = free_port()
+            n = min(per_bus, args.meters - b * per_bus)
+            sims.append(subprocess.Popen([sys.executable, "-m", "collector.cli", "simulate", "--model",
+                                          "eastron-sdm630", "--tcp", f"127.0.0.1:{port}", "--ids", f"1-{n}"],
+                                         stdout=subprocess.PIPE, text=True, cwd=ROOT))
+            lines.append(f"  - {{name: lan{b}, type: tcp, host: 127.0.0.1, port: {port}, timeout: 1s}}")
+        for s in sims:
+            assert s.stdout is not None and "simulating" in s.stdout.readline()
+        meters = [f"  - {{id: m{b}-{i}, bus: lan{b}, address: {i}, model: eastron-sdm630, interval: {args.interval}}}"
+                  for b in range(buses) for i in range(1, min(per_bus, args.meters - b * per_bus) + 1)]
+        cfg = t / "site.yaml"
+        cfg.write_text(f"gateway: {{id: bench}}\nstorage: {{path: {t / 'buffer.db'}}}\n"
+                       f'mqtt: {{url: "mqtt://127.0.0.1:{mqtt_port}"}}\nclock: {{sync_check: none}}\n'
+                       "buses:\n" + "\n".join(lines) + "\nmeters:\n" + "\n".join(meters) + "\n")
+        values = 0
+        readings = 0
+        lock = threading.Lock()
+
+        def on_message(c: object, u: object, m: mqtt.MQTTMessage) -> None:
+            nonlocal values, readings
+            if m.topic.endswith("/reading"):
+                body = json.loads(m.payload)
+                with lock:
+                    values += len(body["values"])
+                    readings += 1
+
+        sub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-sub")
+        sub.on_connect = lambda c, u, f, rc, p: c.subscribe("meters/bench/#", qos=1)
+        sub.on_message = on_message
+        sub.connect("127.0.0.1", mqtt_port)
+        sub.loop_start()
+        idle = subprocess.Popen([sys.executable, "-c", "import collector.daemon, collector.cli, time; time.sleep(3600)"],
+                                cwd=ROOT)
+        daemon = subprocess.Popen([sys.executable, "-m", "collector.cli", "run", "-c", str(cfg)], cwd=ROOT,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            time.sleep(max(5.0, min(65.0, args.seconds / 3)))  # warm up: connect, first slots
+            c0, v0, r0, t0 = cpu_seconds(daemon.pid), values, readings, time.monotonic()
+            peak = 0.0
+            while time.monotonic() - t0 < args.seconds:
+                time.sleep(1)
+                peak = max(peak, rss_mb(daemon.pid))
+            c1, v1, r1, t1 = cpu_seconds(daemon.pid), values, readings, time.monotonic()
+            idle_rss = rss_mb(idle.pid)
+        finally:
+            daemon.terminate()
+            daemon.wait(30)
+            idle.kill()
+            for s in sims:
+                s.terminate()
+            sub.loop_stop()
+            broker.terminate()
+    dt, cpu = t1 - t0, c1 - c0
+    vps = (v1 - v0) / dt
+    print(f"daemon: {args.meters} SDM630 meters x 32 points every {args.interval}, over {dt:.0f} s")
+    print(f"   delivered: {vps:,.0f} values/s ({(r1 - r0) / dt:,.1f} readings/s)")
+    print(f"   CPU: {100 * cpu / dt:.2f} % of one core; {vps * dt / cpu if cpu else float('inf'):,.0f} values per CPU second")
+    print(f"   RSS: {peak:.1f} MB peak; baseline (interpreter with the daemon's imports, idle) {idle_rss:.1f} MB")
+
+
+if __name__ == "__main__":
+    main()
