@@ -60,18 +60,39 @@ def main() -> None:
         for b in range(buses):
             port = free_port()
             n = min(per_bus, args.meters - b * per_bus)
-            sims.append(subprocess.Popen([sys.executable, "-m", "collector.cli", "simulate", "--model",
-                                          "eastron-sdm630", "--tcp", f"127.0.0.1:{port}", "--ids", f"1-{n}"],
-                                         stdout=subprocess.PIPE, text=True, cwd=ROOT))
+            sims.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "collector.cli",
+                        "simulate",
+                        "--model",
+                        "eastron-sdm630",
+                        "--tcp",
+                        f"127.0.0.1:{port}",
+                        "--ids",
+                        f"1-{n}",
+                    ],
+                    stdout=subprocess.PIPE,
+                    text=True,
+                    cwd=ROOT,
+                )
+            )
             lines.append(f"  - {{name: lan{b}, type: tcp, host: 127.0.0.1, port: {port}, timeout: 1s}}")
         for s in sims:
             assert s.stdout is not None and "simulating" in s.stdout.readline()
-        meters = [f"  - {{id: m{b}-{i}, bus: lan{b}, address: {i}, model: eastron-sdm630, interval: {args.interval}}}"
-                  for b in range(buses) for i in range(1, min(per_bus, args.meters - b * per_bus) + 1)]
+        meters = [
+            f"  - {{id: m{b}-{i}, bus: lan{b}, address: {i}, model: eastron-sdm630, interval: {args.interval}}}"
+            for b in range(buses)
+            for i in range(1, min(per_bus, args.meters - b * per_bus) + 1)
+        ]
         cfg = t / "site.yaml"
-        cfg.write_text(f"gateway: {{id: bench}}\nstorage: {{path: {t / 'buffer.db'}}}\n"
-                       f'mqtt: {{url: "mqtt://127.0.0.1:{mqtt_port}"}}\nclock: {{sync_check: none}}\n'
-                       "buses:\n" + "\n".join(lines) + "\nmeters:\n" + "\n".join(meters) + "\n")
+        cfg.write_text(
+            f"gateway: {{id: bench}}\nstorage: {{path: {t / 'buffer.db'}}}\n"
+            f'mqtt: {{url: "mqtt://127.0.0.1:{mqtt_port}"}}\nclock: {{sync_check: none}}\n'
+            "buses:\n" + "\n".join(lines) + "\nmeters:\n" + "\n".join(meters) + "\n"
+        )
         values = 0
         readings = 0
         lock = threading.Lock()
@@ -89,10 +110,15 @@ def main() -> None:
         sub.on_message = on_message
         sub.connect("127.0.0.1", mqtt_port)
         sub.loop_start()
-        idle = subprocess.Popen([sys.executable, "-c", "import collector.daemon, collector.cli, time; time.sleep(3600)"],
-                                cwd=ROOT)
-        daemon = subprocess.Popen([sys.executable, "-m", "collector.cli", "run", "-c", str(cfg)], cwd=ROOT,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        idle = subprocess.Popen(
+            [sys.executable, "-c", "import collector.daemon, collector.cli, time; time.sleep(3600)"], cwd=ROOT
+        )
+        daemon = subprocess.Popen(
+            [sys.executable, "-m", "collector.cli", "run", "-c", str(cfg)],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             time.sleep(max(5.0, min(65.0, args.seconds / 3)))  # warm up: connect, first slots
             c0, v0, r0, t0 = cpu_seconds(daemon.pid), values, readings, time.monotonic()
@@ -114,7 +140,8 @@ def main() -> None:
     vps = (v1 - v0) / dt
     print(f"daemon: {args.meters} SDM630 meters x 32 points every {args.interval}, over {dt:.0f} s")
     print(f"   delivered: {vps:,.0f} values/s ({(r1 - r0) / dt:,.1f} readings/s)")
-    print(f"   CPU: {100 * cpu / dt:.2f} % of one core; {vps * dt / cpu if cpu else float('inf'):,.0f} values per CPU second")
+    per_cpu = vps * dt / cpu if cpu else float("inf")
+    print(f"   CPU: {100 * cpu / dt:.2f} % of one core; {per_cpu:,.0f} values per CPU second")
     print(f"   RSS: {peak:.1f} MB peak; baseline (interpreter with the daemon's imports, idle) {idle_rss:.1f} MB")
 
 

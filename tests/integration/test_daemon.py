@@ -186,8 +186,10 @@ def test_network_down_at_boot(tmp_path: Path, broker: Mosquitto, simulator: type
     proxy = Proxy(broker.port)
     proxy.cut()  # the uplink is not there when the daemon starts
     sub = Subscriber(broker.port, "meters/gw1/#")
-    d = DaemonProcess(site_config(tmp_path, mqtt_url=f"mqtt://127.0.0.1:{proxy.port}", sim_port=sim_port, meters=2),
-                      tmp_path / "daemon.log")
+    d = DaemonProcess(
+        site_config(tmp_path, mqtt_url=f"mqtt://127.0.0.1:{proxy.port}", sim_port=sim_port, meters=2),
+        tmp_path / "daemon.log",
+    )
     try:
         time.sleep(3)
         assert not sub.json("/reading")

@@ -22,8 +22,9 @@ def test_fresh_readings_are_not_starved_by_a_backlog(tmp_path: Path) -> None:
     sub = Subscriber(broker.port, "meters/gw/#")
     backlog = 20_000
     b = Buffer(tmp_path / "buf.db")
-    b.append([Record("old", T0 + timedelta(seconds=i), T0 + timedelta(seconds=i), {"x": float(i)})
-              for i in range(backlog)])
+    b.append(
+        [Record("old", T0 + timedelta(seconds=i), T0 + timedelta(seconds=i), {"x": float(i)}) for i in range(backlog)]
+    )
     b.close()
 
     async def go() -> None:
