@@ -17,9 +17,13 @@ from datetime import UTC, datetime
 from collector.calibration import Reading, calibrate
 from collector.config import Bus, Config, Meter
 from collector.health import BusHealth, Health
-from drivers.modbus.device import read_device
+from drivers.dlt645.device import Dlt645Reader
 from drivers.modbus.planner import DEFAULT_GAP_SERIAL, DEFAULT_GAP_TCP
-from drivers.modbus.transport import Link, ModbusTransport
+from drivers.modbus.reader import ModbusReader
+from drivers.modbus.transport import Link
+from drivers.model import Model
+from drivers.reading import MeterReader
+from drivers.serialline import SerialLine
 
 log = logging.getLogger(__name__)
 
@@ -47,12 +51,38 @@ def gap_for(bus: Bus) -> int:
     return DEFAULT_GAP_TCP if bus.type == "tcp" else DEFAULT_GAP_SERIAL
 
 
+def make_reader(bus: Bus) -> MeterReader:
+    """The reader for a bus's protocol: Modbus (TCP, RTU, RTU over TCP), DL/T 645 or CJ/T 188."""
+    if bus.type in ("dlt645", "cjt188"):
+        line = SerialLine(
+            bus.device,
+            baudrate=bus.baudrate,
+            parity=bus.parity,
+            stopbits=bus.stopbits,
+            bytesize=bus.bytesize,
+            timeout=bus.timeout,
+            retries=bus.retries,
+            pause=bus.pause,
+            drain=bus.drain,
+        )
+        if bus.type == "dlt645":
+            return Dlt645Reader(line)
+        from drivers.cjt188.device import Cjt188Reader
+
+        return Cjt188Reader(line)
+    return ModbusReader(link_for(bus), gap_for(bus))
+
+
 async def read_meter(
-    transport: ModbusTransport, bus: Bus, meter: Meter, names: list[str] | None = None, slot: datetime | None = None
+    reader: MeterReader,
+    meter: Meter,
+    names: list[str] | None = None,
+    slot: datetime | None = None,
+    retries: int | None = None,
 ) -> Reading:
     ts = datetime.now(UTC)
     wanted = list(names if names is not None else meter.points)
-    result = await read_device(transport, meter.address, meter.model, wanted, gap=gap_for(bus))
+    result = await reader.read_meter(meter.address, meter.model, wanted, retries=retries)
     return calibrate(meter, result, slot or ts.replace(microsecond=0), ts)
 
 
@@ -63,17 +93,16 @@ async def read_once(config: Config, meters: list[Meter], *, with_hidden: bool = 
         by_bus.setdefault(m.bus, []).append(m)
 
     async def one_bus(name: str, ms: list[Meter]) -> list[Reading]:
-        bus = config.buses[name]
-        transport = ModbusTransport(link_for(bus))
+        reader = make_reader(config.buses[name])
         out = []
         try:
             for m in ms:
                 names = list(m.points)
                 if with_hidden:
                     names += [p.name for p in m.model.points if not p.publish and p.name not in names]
-                out.append(await read_meter(transport, bus, m, names))
+                out.append(await read_meter(reader, m, names))
         finally:
-            transport.close()
+            reader.close()
         return out
 
     results = await asyncio.gather(*(one_bus(n, ms) for n, ms in by_bus.items()))
@@ -115,21 +144,23 @@ class BusWorker:
         health: Health,
         *,
         backoff_cap: float = 300.0,
+        on_model: Callable[[Meter, Model], None] | None = None,
     ) -> None:
+        self.on_model = on_model  #: told when a meter's model is discovered (SunSpec), to publish its meta
+        self.announced: dict[str, Model] = {}
         self.bus = bus
         self.meters = {m.id: m for m in meters}
         self.sink = sink
         self.health = health
-        self.transport = ModbusTransport(link_for(bus))
+        self.reader = make_reader(bus)
         self.queue: asyncio.Queue[tuple[Meter, datetime]] = asyncio.Queue()
         self.busy: set[str] = set()
         self.backoff = {m.id: Backoff(m.interval, backoff_cap) for m in meters}
         self.started_at: float | None = None  # monotonic start of the running poll
         self.bus_health = health.buses.setdefault(bus.name, BusHealth())
-        link = self.transport.link
-        drain = link.timeout if link.drain is None else link.drain
+        drain = bus.timeout if bus.drain is None else bus.drain
         #: longest a healthy poll can take: every request timing out, plus margin (for the watchdog)
-        self.stuck_after = 30.0 + 8 * (link.retries + 1) * (link.timeout + drain + link.pause)
+        self.stuck_after = 30.0 + 8 * (bus.retries + 1) * (bus.timeout + drain + bus.pause)
 
     def enqueue(self, meter: Meter, slot: datetime) -> None:
         mh = self.health.meter(meter.id)
@@ -159,29 +190,24 @@ class BusWorker:
                     self.started_at = None
                     self.busy.discard(meter.id)
         finally:
-            self.transport.close()
+            self.reader.close()
 
     async def poll(self, meter: Meter, slot: datetime) -> None:
         backoff = self.backoff[meter.id]
         mh = self.health.meter(meter.id)
-        before_requests, before_timeouts = self.transport.requests, self.transport.timeouts
-        ts = datetime.now(UTC)
-        result = await read_device(
-            self.transport,
-            meter.address,
-            meter.model,
-            list(meter.points),
-            gap=gap_for(self.bus),
-            retries=0 if backoff.failures else None,
-        )
-        reading = calibrate(meter, result, slot, ts)
-        self.bus_health.transactions += self.transport.requests - before_requests
-        self.bus_health.timeouts += self.transport.timeouts - before_timeouts
+        before_requests, before_timeouts = self.reader.requests, self.reader.timeouts
+        reading = await read_meter(self.reader, meter, slot=slot, retries=0 if backoff.failures else None)
+        self.bus_health.transactions += self.reader.requests - before_requests
+        self.bus_health.timeouts += self.reader.timeouts - before_timeouts
         mh.polls += 1
-        if result.failure is not None:
+        discovered = reading.model if reading.model is not meter.model else None
+        if discovered is not None and self.on_model is not None and self.announced.get(meter.id) is not discovered:
+            self.announced[meter.id] = discovered
+            self.on_model(meter, discovered)
+        if reading.failure is not None:
             mh.failed += 1
             backoff.fail(time.monotonic())
-            self.health.mark_down(meter.id, self.bus.name, str(result.failure))
+            self.health.mark_down(meter.id, self.bus.name, reading.failure)
         else:
             if reading.quality == "good":
                 mh.good += 1

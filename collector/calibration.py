@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from collector.config import Meter
-from drivers.modbus.device import DeviceRead, tidy
+from drivers.model import Model
 from drivers.quantities import Ratio
+from drivers.reading import DeviceRead, tidy
 
 GOOD, PARTIAL, BAD = "good", "partial", "bad"
 
@@ -25,6 +26,7 @@ class Reading:
     meter: str
     slot: datetime  #: the wall-clock slot the poll belongs to
     ts: datetime  #: when the values were read
+    model: Model | None = None  #: the model the values follow (discovered, for SunSpec)
     values: dict[str, float] = field(default_factory=dict)  #: calibrated, canonical units
     meter_values: dict[str, float] = field(default_factory=dict)  #: as the meter reports, canonical units
     raw: dict[str, int | float] = field(default_factory=dict)  #: register contents decoded, unscaled
@@ -33,6 +35,7 @@ class Reading:
     quality: str = GOOD
     requests: int = 0
     seconds: float = 0.0
+    failure: str | None = None  #: the meter did not answer at all: why
 
 
 def ratio_factor(ratio: Ratio, ct: float, pt: float) -> float:
@@ -47,9 +50,10 @@ def ratio_factor(ratio: Ratio, ct: float, pt: float) -> float:
 
 def calibrate(meter: Meter, read: DeviceRead, slot: datetime, ts: datetime) -> Reading:
     cal = meter.calibration
+    model = read.model or meter.model
     values: dict[str, float] = {}
     for name, value in read.values.items():
-        point = meter.model.point(name)
+        point = model.point(name)
         if not point.publish:
             continue  # a helper or a setting shown by `read --raw`: never published
         pc = cal.points.get(name)
@@ -67,6 +71,7 @@ def calibrate(meter: Meter, read: DeviceRead, slot: datetime, ts: datetime) -> R
         meter=meter.id,
         slot=slot,
         ts=ts,
+        model=model,
         values=values,
         meter_values=dict(read.values),
         raw=dict(read.raw),
@@ -75,4 +80,5 @@ def calibrate(meter: Meter, read: DeviceRead, slot: datetime, ts: datetime) -> R
         quality=quality,
         requests=read.requests,
         seconds=read.seconds,
+        failure=str(read.failure) if read.failure is not None else None,
     )

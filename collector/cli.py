@@ -84,7 +84,7 @@ def reading_json(r: Reading, config: Config) -> dict[str, Any]:
         "raw": r.raw,
         "quality": r.quality,
         "errors": r.errors,
-        "units": {n: meter.model.point(n).unit for n in r.values},
+        "units": {n: (r.model or meter.model).point(n).unit for n in r.values},
         "model": meter.model.name,
         "requests": r.requests,
     }
@@ -101,24 +101,26 @@ def _fmt(v: float | int | None) -> str:
 def render_reading(r: Reading, config: Config, *, raw: bool = False) -> str:
     meter = config.meter(r.meter)
     bus = config.buses[meter.bus]
+    model = r.model or meter.model
+    where = "unit" if isinstance(meter.address, int) else "address"
     head = (
-        f"{r.meter}  {meter.model.name} on {bus.name} ({bus.describe()}) unit {meter.address}: "
+        f"{r.meter}  {model.name} on {bus.name} ({bus.describe()}) {where} {meter.address}: "
         f"{r.quality}, {r.requests} request(s), {r.seconds * 1000:.0f} ms"
     )
     lines = [head]
-    names = [
-        p.name for p in meter.model.points if p.name in r.values or p.name in r.errors or (raw and p.name in r.raw)
-    ]
+    names = [p.name for p in model.points if p.name in r.values or p.name in r.errors or (raw and p.name in r.raw)]
+    names += [n for n in r.errors if not model.has(n)]
     width = max([len(n) for n in names] + [5])
     if raw:
         lines.append(f"  {'point':<{width}}  {'registers':<19}  {'raw':>12}  {'meter':>12}  {'calibrated':>12}  unit")
     for name in names:
-        p = meter.model.point(name)
         if name in r.errors and name not in r.raw:
             lines.append(f"  {name:<{width}}  error: {r.errors[name]}")
             continue
         if raw:
-            regs = " ".join(f"{w:04X}" for w in r.registers.get(name, []))
+            p = model.point(name)
+            digits = 4 if model.protocol in ("modbus", "sunspec") else 2  # words, or DL/T 645 bytes
+            regs = " ".join(f"{w:0{digits}X}" for w in r.registers.get(name, []))
             cal = r.values.get(name)
             shown = _fmt(cal) if p.publish else "(not published)"
             lines.append(
@@ -128,7 +130,7 @@ def render_reading(r: Reading, config: Config, *, raw: bool = False) -> str:
             if name in r.errors:
                 lines.append(f"  {'':<{width}}  error: {r.errors[name]}")
         else:
-            lines.append(f"  {name:<{width}}  {_fmt(r.values.get(name)):>14} {p.unit}")
+            lines.append(f"  {name:<{width}}  {_fmt(r.values.get(name)):>14} {model.point(name).unit}")
     return "\n".join(lines)
 
 
@@ -178,51 +180,112 @@ def _hostport(text: str, default_port: int) -> tuple[str, int]:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from collector.simulator import make_slave, parse_ids
-    from drivers.modbus.server import SerialServer, TcpServer
+    from collector.simulator import make_server
 
     try:
         model = registry.load(args.model, Path.cwd())
-        ids = parse_ids(args.ids)
+        overrides = dict(_assignment(a) for a in args.set)
+        served = make_server(
+            model,
+            tcp=_hostport(args.tcp, 502) if args.tcp else None,
+            rtu_over_tcp=_hostport(args.rtu_over_tcp, 502) if args.rtu_over_tcp else None,
+            serial=args.serial,
+            ids=args.ids,
+            baud=args.baud,
+            parity=args.parity,
+            line_timing=args.line_timing,
+            static=args.static,
+            overrides=overrides,
+        )
     except KeyError:
         print(f'simulate: unknown model "{args.model}"', file=sys.stderr)
         return EXIT_USAGE
     except (ValueError, ProblemsError) as exc:
         print(f"simulate: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    serial = args.serial is not None or args.rtu_over_tcp is not None
-    slave, _ = make_slave(
-        model, ids, serial=serial, baudrate=args.baud if args.line_timing else None, static=args.static
-    )
 
     async def serve() -> None:
-        server: Any
-        if args.serial:
-            server = SerialServer(slave, args.serial, baudrate=args.baud, parity=args.parity)
-            where = f"serial {args.serial} {args.baud} 8{args.parity}1"
-        else:
-            spec = args.rtu_over_tcp or args.tcp or "127.0.0.1:5020"
-            host, port = _hostport(spec, 502)
-            server = TcpServer(slave, host, port, rtu=args.rtu_over_tcp is not None)
-            kind = "rtu-over-tcp" if args.rtu_over_tcp else "tcp"
-        await server.start()
-        if not args.serial:
-            where = f"{kind} {server.host}:{server.port}"
-        print(
-            f"simulating {model.name} unit(s) {args.ids} on {where}"
-            f"{' with line timing' if args.line_timing else ''}; Ctrl-C stops",
-            flush=True,
-        )
+        await served.server.start()
+        port = getattr(served.server, "host", None) and f" {served.server.host}:{served.server.port}"
+        timing = " with line timing" if args.line_timing else ""
+        print(f"simulating {served.what}{port or ''}{timing}; Ctrl-C stops", flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
-        await server.stop()
-        counts = ", ".join(f"unit {u}: {n}" for u, n in sorted(slave.requests.items())) or "none"
-        print(f"requests answered: {counts}; unanswered (unknown unit): {slave.unanswered}", flush=True)
+        await served.server.stop()
+        print(f"requests answered: {served.counts()}", flush=True)
 
     asyncio.run(serve())
+    return EXIT_OK
+
+
+def _assignment(text: str) -> tuple[str, float]:
+    name, _, value = text.partition("=")
+    try:
+        return name.strip(), float(value)
+    except ValueError:
+        raise ValueError(f"--set {text!r}: write NAME=NUMBER, e.g. active_power=-3.2") from None
+
+
+def cmd_scan(args: argparse.Namespace) -> int:
+    from collector import scan
+    from collector.simulator import parse_ids
+    from drivers.errors import NotConnected
+    from drivers.modbus.transport import Link
+    from drivers.serialline import SerialLine
+    from drivers.source import parse_duration
+
+    serial_proto = args.protocol in ("dlt645", "cjt188")
+    baud = args.baud or (2400 if serial_proto else 9600)
+    parity = args.parity or ("E" if serial_proto else "N")
+    timeout = parse_duration(args.timeout) if args.timeout else (0.5 if args.host else (1.0 if serial_proto else 0.2))
+    if timeout is None:
+        print(f"scan: --timeout {args.timeout!r} is not a duration (e.g. 200ms)", file=sys.stderr)
+        return EXIT_USAGE
+    if serial_proto and not args.port:
+        print(f"scan: {args.protocol} meters are on a serial line: use --port DEV", file=sys.stderr)
+        return EXIT_USAGE
+    bus: dict[str, object]
+    try:
+        if serial_proto:
+            line = SerialLine(args.port, baudrate=baud, parity=parity, timeout=timeout, retries=1)
+            found = asyncio.run(scan.scan_serial_protocol(args.protocol, line))
+            bus = {"name": "rs485-1", "type": args.protocol, "port": args.port, "baudrate": baud, "parity": parity}
+        else:
+            ids = parse_ids(args.ids)
+            if args.port:
+                link = Link(
+                    kind="rtu",
+                    device=args.port,
+                    baudrate=baud,
+                    parity=parity,
+                    timeout=timeout,
+                    retries=0,
+                    drain=timeout,
+                )
+                bus = {"name": "rs485-1", "type": "rtu", "port": args.port, "baudrate": baud, "parity": parity}
+            else:
+                host, port = _hostport(args.host, 502)
+                kind = "rtu-over-tcp" if args.rtu_over_tcp else "tcp"
+                link = Link(kind=kind, host=host, port=port, timeout=timeout, retries=0)
+                bus = {"name": "lan-1", "type": kind, "host": host, "port": port}
+            found = asyncio.run(scan.scan_modbus(link, ids, scan.stderr))
+    except NotConnected as exc:
+        print(f"scan: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except ValueError as exc:
+        print(f"scan: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if not found:
+        hint = " (one meter at a time: several answering the wildcard address collide)" if serial_proto else ""
+        print(f"nothing answered{hint}; check wiring (A/B), baud rate and parity")
+        return EXIT_FAILED
+    for f in found:
+        print(f"{f.address}: {f.model or 'unknown model'} ({f.evidence})")
+    print("\n# paste into the site config:")
+    print(scan.snippet(found, bus))
     return EXIT_OK
 
 
@@ -300,17 +363,41 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("name", nargs="?")
     m.set_defaults(func=cmd_models)
 
+    sc = sub.add_parser("scan", help="find the meters on a line and print a config snippet")
+    on = sc.add_mutually_exclusive_group(required=True)
+    on.add_argument("--port", metavar="DEV", help="a serial port, e.g. /dev/ttyUSB0")
+    on.add_argument("--host", metavar="HOST[:PORT]", help="a Modbus TCP device or serial server")
+    sc.add_argument("--protocol", choices=("modbus", "dlt645", "cjt188"), default="modbus")
+    sc.add_argument("--rtu-over-tcp", action="store_true", help="with --host: RTU frames over TCP")
+    sc.add_argument("--baud", type=int, help="default 9600 (Modbus) or 2400 (DL/T 645, CJ/T 188)")
+    sc.add_argument("--parity", choices=("N", "E", "O"), help="default N (Modbus) or E (DL/T 645, CJ/T 188)")
+    sc.add_argument("--ids", default="1-247", help="Modbus unit ids to try (default 1-247)")
+    sc.add_argument("--timeout", help="per unit id, e.g. 200ms (default 200ms serial, 500ms TCP)")
+    sc.set_defaults(func=cmd_scan)
+
     s = sub.add_parser("simulate", help="serve simulated meters of a model")
     s.add_argument("--model", required=True)
     where = s.add_mutually_exclusive_group()
     where.add_argument("--tcp", metavar="HOST:PORT", help="Modbus TCP (default 127.0.0.1:5020)")
     where.add_argument("--rtu-over-tcp", metavar="HOST:PORT", help="RTU frames over TCP (serial server)")
     where.add_argument("--serial", metavar="DEV", help="RTU on a serial device (e.g. one end of a socat pair)")
-    s.add_argument("--ids", default="1", help="unit ids, e.g. 1-10 or 1,3,5 (default 1)")
+    s.add_argument(
+        "--ids",
+        default="1",
+        help="unit ids, e.g. 1-10 or 1,3,5 (default 1); DL/T 645 and "
+        "CJ/T 188: 12- or 14-digit addresses, comma-separated",
+    )
     s.add_argument("--baud", type=int, default=9600)
     s.add_argument("--parity", choices=("N", "E", "O"), default="N")
     s.add_argument("--line-timing", action="store_true", help="delay replies by their wire time at --baud")
     s.add_argument("--static", action="store_true", help="freeze values (to compare two masters)")
+    s.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="hold a point at a value in canonical units, e.g. active_power=-3.2 (repeatable)",
+    )
     s.set_defaults(func=cmd_simulate)
 
     d = sub.add_parser("demo", help="simulated meters read end to end on this machine")

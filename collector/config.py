@@ -29,7 +29,18 @@ from drivers.source import (
 )
 
 ID = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
-BUS_TYPES = ("rtu", "tcp", "rtu-over-tcp")
+BUS_TYPES = ("rtu", "tcp", "rtu-over-tcp", "dlt645", "cjt188")
+SERIAL_TYPES = ("rtu", "dlt645", "cjt188")
+#: which model protocols each bus type carries
+BUS_PROTOCOLS = {
+    "rtu": ("modbus", "sunspec"),
+    "tcp": ("modbus", "sunspec"),
+    "rtu-over-tcp": ("modbus", "sunspec"),
+    "dlt645": ("dlt645",),
+    "cjt188": ("cjt188",),
+}
+#: serial defaults per bus type: DL/T 645 and CJ/T 188 meters ship at 2400 8E1
+SERIAL_DEFAULTS = {"rtu": (9600, "N"), "dlt645": (2400, "E"), "cjt188": (2400, "E")}
 BAUD_RATES = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
 DAY = 86400.0
 
@@ -92,10 +103,10 @@ class Bus:
 
     @property
     def serial(self) -> bool:
-        return self.type == "rtu"
+        return self.type in SERIAL_TYPES
 
     def describe(self) -> str:
-        if self.type == "rtu":
+        if self.serial:
             return f"{self.device} {self.baudrate} {self.bytesize}{self.parity}{self.stopbits}"
         return f"{self.type}://{self.host}:{self.port}"
 
@@ -117,7 +128,7 @@ class Calibration:
 class Meter:
     id: str
     bus: str
-    address: int
+    address: int | str  #: Modbus unit id, or the 12-digit (DL/T 645) / 14-digit (CJ/T 188) meter address
     model: Model
     model_ref: str
     interval: float = 60.0
@@ -312,15 +323,16 @@ def _bus(node: Node, where: str, sink: Sink) -> Bus | None:
     name = _identity(f, "name")
     btype = f.choice("type", BUS_TYPES, None, required=True)
     kw: dict[str, Any] = {}
-    if btype == "rtu":
+    if btype in SERIAL_TYPES:
         kw["device"] = f.get("port", str, "", required=True)
         if kw["device"] and not kw["device"].startswith("/"):
             f.problem("port", f'"{kw["device"]}" must be a device path such as /dev/ttyUSB0')
-        baud = f.get("baudrate", int, 9600)
+        default_baud, default_parity = SERIAL_DEFAULTS[btype]
+        baud = f.get("baudrate", int, default_baud)
         if baud not in BAUD_RATES:
             f.problem("baudrate", f"{baud} is not one of {', '.join(map(str, BAUD_RATES))}")
         kw["baudrate"] = baud
-        kw["parity"] = f.choice("parity", ("N", "E", "O"), "N")
+        kw["parity"] = f.choice("parity", ("N", "E", "O"), default_parity)
         kw["stopbits"] = f.get("stopbits", int, 1)
         if kw["stopbits"] not in (1, 2):
             f.problem("stopbits", f"{kw['stopbits']} must be 1 or 2")
@@ -360,11 +372,16 @@ def _meter(node: Node, where: str, sink: Sink, buses: dict[str, Bus], base: Path
     if bus and bus not in buses:
         known = ", ".join(sorted(buses)) or "none defined"
         f.problem("bus", f'unknown bus "{bus}"{suggest(bus, buses.keys())} (buses: {known})')
-    address = f.get("address", int, 0, required=True)
-    if f.has("address") and isinstance(f.data["address"].value, int) and not 1 <= address <= 247:
-        f.problem("address", f"{address} is outside 1..247 (Modbus unit id)")
+    btype = buses[bus].type if bus in buses else None
+    address = _address(f, btype)
     model_ref = f.get("model", str, "", required=True)
     model = _model(f, model_ref, base, sink)
+    if model is not None and btype is not None and model.protocol not in BUS_PROTOCOLS[btype]:
+        f.problem(
+            "model",
+            f'{model.name} speaks {model.protocol}; bus "{bus}" is a {btype} bus '
+            f"(it carries {' or '.join(BUS_PROTOCOLS[btype])})",
+        )
     interval = duration_field(f, "interval", 60.0, low=1.0, high=DAY) or 60.0
     if f.has("interval") and (DAY % interval) != 0:
         f.problem("interval", "must divide a day evenly (e.g. 1s, 10s, 1m, 5m, 15m, 1h) so slots align")
@@ -390,6 +407,27 @@ def _meter(node: Node, where: str, sink: Sink, buses: dict[str, Bus], base: Path
         where,
         f.line("address"),
     )
+
+
+def _address(f: Fields, btype: str | None) -> int | str:
+    """A Modbus unit id 1..247, or a DL/T 645 (12 digits) / CJ/T 188 (14 digits) address as a string."""
+    if btype in ("dlt645", "cjt188"):
+        digits = 12 if btype == "dlt645" else 14
+        node = f.raw("address")
+        if node is None or node.value is None:
+            f.get("address", str, "", required=True)
+            return ""
+        if not isinstance(node.value, str) or not re.fullmatch(rf"[0-9]{{{digits}}}", node.value):
+            hint = "; quote it so leading zeros are kept" if isinstance(node.value, int) else ""
+            f.problem(
+                "address",
+                f'must be the {digits}-digit meter address as printed on the meter, e.g. "{"0" * (digits - 1)}1"{hint}',
+            )
+        return str(node.value)
+    address: int = f.get("address", int, 0, required=True)
+    if f.has("address") and isinstance(f.data["address"].value, int) and not 1 <= address <= 247:
+        f.problem("address", f"{address} is outside 1..247 (Modbus unit id)")
+    return address
 
 
 def _model(f: Fields, ref: str, base: Path, sink: Sink) -> Model | None:
@@ -471,7 +509,7 @@ def _calibration(f: Fields, model: Model | None) -> Calibration:
 
 def _across(meters: list[Meter], buses: dict[str, Bus], sink: Sink) -> None:
     """Rules across items: two meters answering to one address on one bus."""
-    by_slot: dict[tuple[str, int], Meter] = {}
+    by_slot: dict[tuple[str, int | str], Meter] = {}
     for m in meters:
         if m.bus not in buses:
             continue

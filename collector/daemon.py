@@ -94,6 +94,7 @@ class Daemon:
         self.writer: Writer | None = None
         self.poller: Poller | None = None
         self.health: Health | None = None
+        self.discovered: dict[str, Any] = {}  #: meter id -> model found by discovery (SunSpec)
 
     async def start(self) -> None:
         cfg = self.config
@@ -111,7 +112,9 @@ class Daemon:
         for name, bus in cfg.buses.items():
             meters = [m for m in cfg.meters if m.bus == name]
             if meters:
-                self.workers[name] = BusWorker(bus, meters, self.writer.reading, self.health)
+                self.workers[name] = BusWorker(
+                    bus, meters, self.writer.reading, self.health, on_model=self._publish_discovered
+                )
         self.poller = Poller(list(cfg.meters), self._enqueue, on_missed=self._missed)
         await self.publisher.start()
         self.tasks = [
@@ -145,7 +148,15 @@ class Daemon:
     def _publish_meta(self) -> None:
         assert self.publisher is not None
         for m in self.config.meters:
-            self.publisher.publish_direct(self.topics.meta(m.id), payloads.meta(self.config, m), qos=1, retain=True)
+            meta = payloads.meta(self.config, m, self.discovered.get(m.id))
+            self.publisher.publish_direct(self.topics.meta(m.id), meta, qos=1, retain=True)
+
+    def _publish_discovered(self, meter: Any, model: Any) -> None:
+        assert self.publisher is not None
+        self.discovered[meter.id] = model
+        self.publisher.publish_direct(
+            self.topics.meta(meter.id), payloads.meta(self.config, meter, model), qos=1, retain=True
+        )
 
     def _clock_step(self, delta: float, before: float, after: float) -> None:
         assert self.health is not None and self.poller is not None and self.writer is not None

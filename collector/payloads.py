@@ -9,6 +9,7 @@ from typing import Any
 from collector import __version__
 from collector.buffer import KIND_EVENT, KIND_READING, QUALITIES, Row, finite, ms_iso, seconds_iso
 from collector.config import Config, Meter
+from drivers.model import Model
 
 PAYLOAD_VERSION = 1
 
@@ -64,10 +65,12 @@ def status(state: str) -> bytes:
     return dumps({"state": state, "ts": now_iso(), "version": __version__})
 
 
-def meta(config: Config, meter: Meter) -> bytes:
-    model = meter.model
+def meta(config: Config, meter: Meter, model: Model | None = None) -> bytes:
+    """``model``: the discovered one, for a SunSpec inverter (its points are known after the first read)."""
+    model = model or meter.model
     cal = meter.calibration
-    points = {name: {"unit": model.point(name).unit, "nature": model.point(name).nature.value} for name in meter.points}
+    names = [n for n in meter.points if model.has(n)] or [p.name for p in model.published]
+    points = {name: {"unit": model.point(name).unit, "nature": model.point(name).nature.value} for name in names}
     body: dict[str, Any] = {
         "v": PAYLOAD_VERSION,
         "gateway": config.gateway.id,

@@ -12,7 +12,9 @@ import math
 import random
 import time
 import zlib
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 from drivers.modbus import codec
 from drivers.modbus.server import ILLEGAL_ADDRESS, ILLEGAL_VALUE, Slave
@@ -79,6 +81,7 @@ class Building:
         v["energy_import"] = e
         v["energy_export"] = e * 0.002
         v["energy_total"] = e * 1.002
+        v["energy_combined"] = e * 0.998  # import - export
         v["reactive_energy_import"] = e * 0.31
         v["reactive_energy_export"] = e * 0.01
         v["ac_power"] = p_total
@@ -164,7 +167,10 @@ class SimulatedMeter:
         if any(lo <= last and address <= hi for lo, hi in self.model.unreadable):
             return ILLEGAL_ADDRESS
         img = self.image(self.now())[function]
-        return [img.get(a, 0) for a in range(address, address + count)]
+        words = [img.get(a) for a in range(address, address + count)]
+        if all(w is None for w in words):
+            return ILLEGAL_ADDRESS  # like most meters: a request that covers no register of theirs
+        return [0 if w is None else w for w in words]
 
 
 def _fit(point: Point, raw: float) -> int | float:
@@ -196,3 +202,265 @@ def parse_ids(text: str) -> list[int]:
     if not ids or any(not 1 <= i <= 247 for i in ids):
         raise ValueError(f"ids {text!r}: need unit ids within 1..247")
     return sorted(set(ids))
+
+
+def parse_addresses(text: str, digits: int) -> list[str]:
+    """``000000000001,000000000002`` -> DL/T 645 (12 digits) or CJ/T 188 (14 digits) addresses."""
+    out = [a.strip() for a in text.split(",") if a.strip()]
+    if not out or any(len(a) != digits or not a.isdigit() for a in out):
+        raise ValueError(f"addresses {text!r}: need {digits}-digit meter addresses, comma-separated")
+    return out
+
+
+def dlt645_meter(
+    model: Model, address: str, *, static: bool = False, overrides: dict[str, float] | None = None
+) -> Callable[[int], bytes | None]:
+    """A DL/T 645 meter's data: DI -> value bytes, from the same simulated building as Modbus meters."""
+    from drivers.dlt645.frame import encode_bcd
+
+    sim = SimulatedMeter(model, int(address[-6:]), static=static)
+    sim.overrides.update(overrides or {})
+    by_di = {p.address: p for p in model.points}
+
+    def data(di: int) -> bytes | None:
+        point = by_di.get(di)
+        if point is None:
+            return None
+        value = sim.engineering(sim.now())[point.name] / point.scale
+        return encode_bcd(value, point.digits, point.decimals, point.signed)
+
+    return data
+
+
+def cjt188_meter(
+    model: Model, address: str, *, static: bool = False, overrides: dict[str, float] | None = None
+) -> Callable[[], tuple[float, float, str, int]]:
+    sim = SimulatedMeter(model, int(address[-6:]), static=static)
+    sim.overrides.update(overrides or {})
+
+    def data() -> tuple[float, float, str, int]:
+        t = sim.now()
+        volume = sim.engineering(t)["volume"]
+        settlement = sim.engineering(t - (t % (30 * 86400)))["volume"]  # at the start of the billing month
+        clock = time.strftime("%Y%m%d%H%M%S", time.gmtime(t + 8 * 3600))  # meters keep Beijing time
+        return volume, settlement, clock, 0
+
+    return data
+
+
+class SunSpecDevice:
+    """A SunSpec inverter: "SunS", model 1, model 103 and model 160 with ``modules`` MPPT inputs.
+
+    The register layout is built from the same pysunspec2 definitions the reader uses, with values
+    from a simulated rooftop following daylight; unimplemented points hold their sentinel.
+    """
+
+    SF: ClassVar[dict[str, int]] = {
+        "A_SF": -2,
+        "V_SF": -1,
+        "W_SF": 0,
+        "Hz_SF": -2,
+        "VA_SF": 0,
+        "VAr_SF": 0,
+        "PF_SF": -2,
+        "WH_SF": 0,
+        "DCA_SF": -2,
+        "DCV_SF": -1,
+        "DCW_SF": 0,
+        "DCWH_SF": 0,
+        "Tmp_SF": -1,
+    }
+
+    def __init__(self, unit: int, *, base: int = 40000, modules: int = 2, static: bool = False) -> None:
+        self.unit = unit
+        self.base = base
+        self.modules = modules
+        self.building = Building(seed=zlib.crc32(f"sunspec/{unit}".encode()), kind="pv")
+        self.static_at = time.time() if static else None
+        self._cache: tuple[float, dict[int, int]] = (-1.0, {})
+
+    def _block(
+        self, model_id: int, values: Mapping[str, int | str], repeat: Sequence[Mapping[str, int | str]] | None = None
+    ) -> list[int]:
+        from drivers import sunspec
+
+        group = sunspec.definition(model_id)
+        words: list[int] = []
+        groups: list[tuple[Any, Mapping[str, int | str]]] = [(group["points"], values)]
+        if repeat is not None:
+            groups += [(group["groups"][0]["points"], v) for v in repeat]
+        for points, vals in groups:
+            for p in points:
+                size = int(p.get("size", 1))
+                name, kind = p["name"], p["type"]
+                if kind == "string":
+                    text = str(vals.get(name, "")).encode()[: 2 * size].ljust(2 * size, b"\0")
+                    words += [int.from_bytes(text[i : i + 2], "big") for i in range(0, 2 * size, 2)]
+                    continue
+                if name in vals:
+                    v = int(vals[name]) & ((1 << (16 * size)) - 1)
+                else:
+                    sentinel = sunspec.TYPES.get(kind, (None, 0))[1]
+                    v = 0 if kind == "pad" or sentinel is None else sentinel
+                words += [(v >> (16 * (size - 1 - i))) & 0xFFFF for i in range(size)]
+        words[1] = len(words) - 2  # L
+        return words
+
+    def image(self, t: float) -> dict[int, int]:
+        if self._cache[0] == t:
+            return self._cache[1]
+        b = self.building
+        sun = b.daylight(t)
+        kw = b.rated_kw * sun
+        v = 230.0 + 2 * math.sin(t / 23.0)
+        a = kw * 1000 / v / 3
+        wh = b.energy(t) * 1000
+        common: dict[str, int | str] = {
+            "ID": 1,
+            "Mn": "Demo Solar",
+            "Md": "SIM-10K",
+            "Vr": "1.0",
+            "SN": f"SIM{self.unit:05d}",
+            "DA": self.unit,
+        }
+        inv: dict[str, int | str] = {
+            "ID": 103,
+            **self.SF,
+            "A": round(a * 3 * 100),
+            "AphA": round(a * 100),
+            "AphB": round(a * 100),
+            "AphC": round(a * 100),
+            "PhVphA": round(v * 10),
+            "PhVphB": round(v * 10),
+            "PhVphC": round(v * 10),
+            "PPVphAB": round(v * 17.32),
+            "PPVphBC": round(v * 17.32),
+            "PPVphCA": round(v * 17.32),
+            "W": round(kw * 1000),
+            "Hz": round((50 + 0.02 * math.sin(t / 29)) * 100),
+            "VA": round(kw * 1000),
+            "VAr": 0,
+            "PF": 10000 if sun else 0,
+            "WH": round(wh),
+            "DCA": round(kw * 1030 / 600 * 100),
+            "DCV": 6000,
+            "DCW": round(kw * 1030),
+            "TmpCab": round((25 + 15 * sun) * 10),
+            "St": 4 if sun else 2,
+            "StVnd": 0,
+            "Evt1": 0,
+            "Evt2": 0,
+        }
+        mods: list[dict[str, int | str]] = [
+            {
+                "ID": i + 1,
+                "IDStr": f"PV{i + 1}",
+                "DCA": round(kw * 1030 / self.modules / 600 * 100),
+                "DCV": 6000 + 100 * i,
+                "DCW": round(kw * 1030 / self.modules),
+                "DCWH": round(wh / self.modules),
+                "DCSt": 4 if sun else 2,
+                "DCEvt": 0,
+            }
+            for i in range(self.modules)
+        ]
+        mppt: dict[str, int | str] = {
+            "ID": 160,
+            **{k: self.SF[k] for k in ("DCA_SF", "DCV_SF", "DCW_SF", "DCWH_SF")},
+            "Evt": 0,
+            "N": self.modules,
+        }
+        words = [0x5375, 0x6E53]
+        words += self._block(1, common) + self._block(103, inv) + self._block(160, mppt, mods) + [0xFFFF, 0]
+        img = {self.base + i: w for i, w in enumerate(words)}
+        self._cache = (t, img)
+        return img
+
+    def read(self, function: int, address: int, count: int) -> list[int] | int:
+        if function != 3:
+            return 1
+        img = self.image(self.static_at if self.static_at is not None else time.time())
+        if address not in img and address + count - 1 not in img:
+            return ILLEGAL_ADDRESS
+        return [img.get(a, 0) for a in range(address, address + count)]
+
+
+@dataclass
+class Served:
+    """A running simulator: the server, what it serves, and its request counters."""
+
+    server: Any
+    what: str
+    counts: Callable[[], str]
+
+
+def make_server(
+    model: Model,
+    *,
+    tcp: tuple[str, int] | None = None,
+    rtu_over_tcp: tuple[str, int] | None = None,
+    serial: str | None = None,
+    ids: str = "1",
+    baud: int = 9600,
+    parity: str = "N",
+    line_timing: bool = False,
+    static: bool = False,
+    overrides: dict[str, float] | None = None,
+) -> Served:
+    """A simulator server for any model: Modbus (TCP, RTU over TCP, serial), SunSpec, DL/T 645, CJ/T 188.
+
+    Raises ValueError for a combination that cannot be served (a DL/T 645 meter over TCP, bad ids).
+    """
+    from drivers.modbus.server import SerialServer, TcpServer
+
+    if model.protocol in ("dlt645", "cjt188"):
+        if serial is None:
+            raise ValueError(f"{model.name} speaks {model.protocol}: serve it with --serial DEV")
+        digits = 12 if model.protocol == "dlt645" else 14
+        addresses = parse_addresses(ids if ids != "1" else "0" * (digits - 1) + "1", digits)
+        if model.protocol == "dlt645":
+            from drivers.dlt645.server import Dlt645SerialServer, Dlt645Slave
+
+            dslave = Dlt645Slave(
+                {a: dlt645_meter(model, a, static=static, overrides=overrides) for a in addresses},
+                baudrate=baud if line_timing else None,
+            )
+            return Served(
+                Dlt645SerialServer(dslave, serial, baud, parity),
+                f"DL/T 645 meter(s) {', '.join(addresses)} on serial {serial} {baud} 8{parity}1",
+                lambda: ", ".join(f"{a}: {n}" for a, n in sorted(dslave.requests.items())) or "none",
+            )
+        from drivers.cjt188.server import Cjt188SerialServer, Cjt188Slave
+
+        cslave = Cjt188Slave({a: cjt188_meter(model, a, static=static, overrides=overrides) for a in addresses})
+        return Served(
+            Cjt188SerialServer(cslave, serial, baud, parity),
+            f"CJ/T 188 meter(s) {', '.join(addresses)} on serial {serial} {baud} 8{parity}1",
+            lambda: ", ".join(f"{a}: {n}" for a, n in sorted(cslave.requests.items())) or "none",
+        )
+    units = parse_ids(ids)
+    on_serial = serial is not None or rtu_over_tcp is not None
+    devices: dict[int, Any] = {}
+    for u in units:
+        if model.protocol == "sunspec":
+            devices[u] = SunSpecDevice(u, static=static)
+        else:
+            sim = SimulatedMeter(model, u, static=static)
+            sim.overrides.update(overrides or {})
+            devices[u] = sim
+    slave = Slave(devices, baudrate=baud if line_timing else None, silent_unknown=on_serial)
+
+    def counts() -> str:
+        answered = ", ".join(f"unit {u}: {n}" for u, n in sorted(slave.requests.items())) or "none"
+        return f"{answered}; unanswered (unknown unit): {slave.unanswered}"
+
+    if serial is not None:
+        return Served(
+            SerialServer(slave, serial, baudrate=baud, parity=parity),
+            f"{model.name} unit(s) {ids} on serial {serial} {baud} 8{parity}1",
+            counts,
+        )
+    host, port = rtu_over_tcp or tcp or ("127.0.0.1", 5020)
+    kind = "rtu-over-tcp" if rtu_over_tcp else "tcp"
+    server = TcpServer(slave, host, port, rtu=rtu_over_tcp is not None)
+    return Served(server, f"{model.name} unit(s) {ids} on {kind}", counts)

@@ -60,7 +60,9 @@ class Function(StrEnum):
 
 
 KINDS = ("electricity", "water", "pv", "heat", "gas")
-PROTOCOLS = ("modbus",)
+PROTOCOLS = ("modbus", "dlt645", "cjt188", "sunspec")
+CJT188_FIELDS = ("current", "settlement", "status")
+_FORMAT = re.compile(r"^(X+)(?:\.(X+))?$")
 ORDERS = ("big", "little")
 MAX_REQUEST_REGISTERS = 125  #: the Modbus limit for functions 03 and 04
 
@@ -85,6 +87,10 @@ class Point:
     add: tuple[str, ...] = ()  #: points whose values are added (an integer total + its fraction)
     publish: bool = True  #: False: read for `read --raw` or as a helper, never published
     line: int = 0  #: line in the model file, for messages
+    digits: int = 0  #: DL/T 645: BCD digits of the value ("XXXXXX.XX" -> 8)
+    decimals: int = 0  #: DL/T 645: digits after the point ("XXXXXX.XX" -> 2)
+    signed: bool = False  #: DL/T 645: the top bit of the most significant byte is the sign
+    field: str = ""  #: CJ/T 188: which field of the data identifier's reply (current, settlement, status)
 
     @property
     def registers(self) -> int:
@@ -204,13 +210,13 @@ def _build(root: Node, path: Path, sink: Sink) -> Model | None:
 
     points: list[Point] = []
     for where, node in items(f.raw("points"), "points", sink):
-        p = _point(node, where, sink, function, dtype, word_order, byte_order)
+        p = _point(node, where, sink, function, dtype, word_order, byte_order, protocol)
         if p is not None:
             points.append(p)
     f.done()
-    if not points and not sink.problems:
+    if not points and not sink.problems and protocol != "sunspec":
         sink.add(root.line, "points", "a model needs at least one point")
-    _check_points(points, sink, probe, root.line)
+    _check_points(points, sink, probe, root.line, overlap=protocol in ("modbus", "sunspec"))
     return Model(
         name=name,
         vendor=vendor,
@@ -230,7 +236,14 @@ def _build(root: Node, path: Path, sink: Sink) -> Model | None:
 
 
 def _point(
-    node: Node, where: str, sink: Sink, function: Function, dtype: DataType, word_order: str, byte_order: str
+    node: Node,
+    where: str,
+    sink: Sink,
+    function: Function,
+    dtype: DataType,
+    word_order: str,
+    byte_order: str,
+    protocol: str = "modbus",
 ) -> Point | None:
     f = Fields(node, where, sink)
     if not f.ok:
@@ -238,8 +251,24 @@ def _point(
     name = f.get("name", str, "", required=True)
     f.label = name
     address = f.get("address", int, -1, required=True)
-    if address != -1 and not 0 <= address <= 0xFFFF:
-        f.problem("address", f"{address} is outside 0..65535 (0-based wire address)")
+    top = 0xFFFFFFFF if protocol == "dlt645" else 0xFFFF
+    if address != -1 and not 0 <= address <= top:
+        what = "a data identifier" if protocol in ("dlt645", "cjt188") else "0-based wire address"
+        f.problem("address", f"{address} is outside 0..{top} ({what})")
+    digits = decimals = 0
+    signed = False
+    if protocol == "dlt645":
+        fmt = f.get("format", str, "", required=True)
+        m = _FORMAT.match(fmt) if fmt else None
+        if fmt and (m is None or (len(m.group(1)) + len(m.group(2) or "")) % 2):
+            f.problem("format", f'"{fmt}" is not a BCD format such as XXXXXX.XX (an even number of X)')
+        elif m is not None:
+            decimals = len(m.group(2) or "")
+            digits = len(m.group(1)) + decimals
+        signed = f.get("signed", bool, False)
+    field = ""
+    if protocol == "cjt188":
+        field = f.choice("field", CJT188_FIELDS, "current")
     ptype = DataType(f.choice("type", tuple(x.value for x in DataType), dtype.value))
     pfunc = Function(f.choice("function", tuple(x.value for x in Function), function.value))
     wo = f.choice("word_order", ORDERS, word_order)
@@ -310,6 +339,10 @@ def _point(
         add=add,
         publish=publish,
         line=node.line,
+        digits=digits,
+        decimals=decimals,
+        signed=signed,
+        field=field,
     )
 
 
@@ -319,13 +352,13 @@ def _unit_names() -> list[str]:
     return list(UNIT_CONVERSIONS)
 
 
-def _check_points(points: list[Point], sink: Sink, probe: str | None, line: int) -> None:
+def _check_points(points: list[Point], sink: Sink, probe: str | None, line: int, *, overlap: bool = True) -> None:
     by_name: dict[str, Point] = {}
     for p in points:
         if p.name in by_name:
             sink.add(p.line, f"points.{p.name}", f"duplicate point name (first on line {by_name[p.name].line})")
         by_name.setdefault(p.name, p)
-        if p.end > 0x10000:
+        if overlap and p.end > 0x10000:
             sink.add(p.line, f"points.{p.name}", f"{p.type.value} at {p.address} runs past register 65535")
     for p in points:
         for ref, what in [(p.scale_factor, "scale_factor"), *((a, "add") for a in p.add)]:
@@ -333,7 +366,7 @@ def _check_points(points: list[Point], sink: Sink, probe: str | None, line: int)
                 sink.add(p.line, f"points.{p.name}.{what}", f'unknown point "{ref}"{suggest(ref, by_name.keys())}')
         if p.scale_factor and p.scale_factor in by_name and by_name[p.scale_factor].type.is_float:
             sink.add(p.line, f"points.{p.name}.scale_factor", "a scale factor register must be an integer type")
-    ordered = sorted(points, key=lambda p: (p.function.value, p.address))
+    ordered = sorted(points, key=lambda p: (p.function.value, p.address)) if overlap else []
     for a, b in itertools.pairwise(ordered):
         if a.function is b.function and b.address < a.end:
             sink.add(

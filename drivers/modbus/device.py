@@ -7,37 +7,19 @@ continuity belong to collector.calibration.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from typing import Protocol
 
 from drivers.errors import ExceptionReply, NoReply, NotConnected, TransportError
 from drivers.modbus import codec
 from drivers.modbus.planner import Request, plan
 from drivers.model import Function, Model, Point
+from drivers.reading import DeviceRead, tidy
 
 
 class RegisterReader(Protocol):
     async def read(
         self, unit: int, function: Function, address: int, count: int, *, retries: int | None = None
     ) -> list[int]: ...
-
-
-@dataclass(slots=True)
-class DeviceRead:
-    """What one read of one meter gave."""
-
-    values: dict[str, float] = field(default_factory=dict)  #: canonical unit, uncalibrated
-    raw: dict[str, int | float] = field(default_factory=dict)  #: decoded register value, unscaled
-    registers: dict[str, list[int]] = field(default_factory=dict)  #: words as they came
-    errors: dict[str, str] = field(default_factory=dict)  #: point -> reason it has no value
-    requests: int = 0
-    seconds: float = 0.0
-    failure: TransportError | None = None  #: set when the meter did not answer at all
-
-
-def tidy(value: float) -> float:
-    """Drop binary noise from scaling (12840 × 0.001 = 12.840000000000002 -> 12.84)."""
-    return float(f"{value:.15g}")
 
 
 def decode(requests: list[Request], replies: list[list[int] | None], out: DeviceRead) -> None:

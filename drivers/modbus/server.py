@@ -13,12 +13,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import struct
-import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Protocol
+
+from drivers.serialserver import SerialPortServer
 
 log = logging.getLogger(__name__)
 
@@ -132,65 +132,24 @@ def rtu_frame(unit: int, pdu: bytes) -> bytes:
     return body + crc16(body)
 
 
-class SerialServer:
+class SerialServer(SerialPortServer):
     """RTU slave on a serial device (a real port or one end of a socat pty pair)."""
 
     def __init__(self, slave: Slave, device: str, baudrate: int = 9600, parity: str = "N", stopbits: int = 1) -> None:
+        super().__init__(device, baudrate, parity, stopbits)
         self.slave = slave
-        self.device = device
-        self.baudrate = baudrate
-        self.parity = parity
-        self.stopbits = stopbits
-        self._fd = -1
-        self._buffer = bytearray()
-        self._last_rx = 0.0
-        self._port: object | None = None
 
-    async def start(self) -> None:
-        import serial  # pyserial; the daemon's serial I/O for DL/T 645 uses it too
-
-        port = serial.Serial(
-            self.device, baudrate=self.baudrate, parity=self.parity, stopbits=self.stopbits, timeout=0, exclusive=True
-        )
-        self._port = port
-        self._fd = port.fileno()
-        asyncio.get_running_loop().add_reader(self._fd, self._readable)
-
-    def _readable(self) -> None:
-        try:
-            data = os.read(self._fd, 512)
-        except BlockingIOError:
-            return
-        except OSError:
-            # The other side of a pty went away; stop reading rather than spin.
-            asyncio.get_running_loop().remove_reader(self._fd)
-            return
-        now = time.monotonic()
-        if self._buffer and now - self._last_rx > 0.05:
-            self._buffer.clear()  # a silence ended the previous (incomplete) frame
-        self._last_rx = now
-        self._buffer += data
-        while (frame := split_rtu(self._buffer)) is not None:
+    def handle(self, buffer: bytearray) -> list[tuple[bytes, float]]:
+        out = []
+        while (frame := split_rtu(buffer)) is not None:
             unit, pdu = frame
             reply = self.slave.answer(unit, pdu)
             if reply is None:
                 continue
-            out = rtu_frame(unit, reply)
-            delay = self.slave.wire_delay(len(pdu) + 3, len(out)) + self.slave.extra_delay(unit, pdu)
-            asyncio.get_running_loop().call_later(delay, self._write, out)
-
-    def _write(self, data: bytes) -> None:
-        with contextlib.suppress(OSError):
-            os.write(self._fd, data)
-
-    async def stop(self) -> None:
-        if self._fd >= 0:
-            with contextlib.suppress(Exception):
-                asyncio.get_running_loop().remove_reader(self._fd)
-        if self._port is not None:
-            self._port.close()  # type: ignore[attr-defined]
-            self._port = None
-        self._fd = -1
+            data = rtu_frame(unit, reply)
+            delay = self.slave.wire_delay(len(pdu) + 3, len(data)) + self.slave.extra_delay(unit, pdu)
+            out.append((data, delay))
+        return out
 
 
 class TcpServer:

@@ -28,8 +28,13 @@ def test_model_invariants(name: str) -> None:
     assert m.manual.strip(), "every model cites the manual it was written from"
     assert 1 <= m.max_registers <= MAX_REQUEST_REGISTERS
     assert len({p.name for p in m.points}) == len(m.points), "unique point names"
+    modbus = m.protocol in ("modbus", "sunspec")
+    if m.protocol == "sunspec":
+        assert not m.points  # discovered, not written
     for p in m.points:
-        assert p.address >= 0 and p.end <= 0x10000
+        assert p.address >= 0 and (p.end <= 0x10000 if modbus else p.address <= 0xFFFFFFFF)
+        if m.protocol == "dlt645":
+            assert p.digits in (2, 4, 6, 8) and 0 <= p.decimals < p.digits
         q = QUANTITIES.get(p.name)
         if q is not None:
             assert p.unit == q.unit and p.nature == q.nature
@@ -38,7 +43,7 @@ def test_model_invariants(name: str) -> None:
             close = difflib.get_close_matches(p.name, QUANTITIES, n=1, cutoff=0.85)
             assert not close, f"{p.name} looks like canonical {close}"
         assert p.unit in {u for u, _ in UNIT_CONVERSIONS.values()}
-    by_fn = sorted(m.points, key=lambda p: (p.function.value, p.address))
+    by_fn = sorted(m.points, key=lambda p: (p.function.value, p.address)) if modbus else []
     for a, b in itertools.pairwise(by_fn):
         assert a.function is not b.function or a.end <= b.address, f"{a.name} overlaps {b.name}"
     if m.probe:

@@ -10,7 +10,7 @@ from collector.calibration import calibrate
 from collector.config import Calibration, Meter, PointCalibration
 from drivers import registry
 from drivers.errors import NoReply
-from drivers.modbus.device import DeviceRead
+from drivers.reading import DeviceRead
 
 NOW = datetime(2026, 11, 27, 8, 0, tzinfo=UTC)
 

@@ -1,0 +1,144 @@
+"""`meter-collector scan`: who is on this line, and which model is it?
+
+Modbus: every unit id in the range is asked for one register with a short timeout; a reply (even an
+exception reply) means a device. Each device is then asked for the probe point of every built-in
+Modbus model, and for the SunSpec marker; a model is named when its probe decodes to a plausible
+value (a frequency of 45-65 Hz, a voltage of 80-480 V ...). DL/T 645 and CJ/T 188: the read-address
+request to the wildcard address, which the one meter on the line answers (several meters answering
+at once collide: connect them one at a time). Prints a config snippet to paste.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from drivers import registry, sunspec
+from drivers.errors import BadReply, ExceptionReply, NoReply, NotConnected, TransportError
+from drivers.modbus import codec
+from drivers.modbus.transport import Link, ModbusTransport
+from drivers.model import Function
+from drivers.serialline import SerialLine
+
+PLAUSIBLE: dict[str, tuple[float, float]] = {
+    "frequency": (45.0, 65.0),
+    "voltage_l1": (80.0, 480.0),
+    "voltage_l2": (80.0, 480.0),
+    "voltage_l3": (80.0, 480.0),
+    "voltage_l1_l2": (140.0, 830.0),
+    "flow_rate": (0.0, 10_000.0),
+    "ac_power": (-1.0, 10_000.0),
+    "inverter_state": (0.0, 10.0),
+}
+
+
+@dataclass
+class Found:
+    address: int | str
+    model: str | None  #: None: something answers, the model is unknown
+    evidence: str
+
+
+def progress(done: int, total: int, found: int, out: Callable[[str], None]) -> None:
+    width = 30
+    filled = width * done // max(total, 1)
+    out(f"\rscanning {done:>3}/{total} [{'#' * filled}{'.' * (width - filled)}] found {found}")
+
+
+async def identify(transport: ModbusTransport, unit: int) -> Found:
+    """Which built-in model answers plausibly at this unit id."""
+    try:
+        blocks = await sunspec.discover(transport, unit, retries=0)
+        common = await sunspec.read_common(transport, unit, blocks, retries=0)
+        ids = ",".join(str(b.model_id) for b in blocks)
+        return Found(unit, "sunspec-inverter", f"SunSpec models {ids} ({common.get('Mn', '?')} {common.get('Md', '')})")
+    except TransportError:
+        pass
+    best: tuple[int, str, str] | None = None
+    for name in registry.names():
+        model = registry.load(name)
+        if model.protocol != "modbus" or not model.probe:
+            continue
+        # The probe first, then every other point with a plausible range: a model fits only if all of
+        # them read plausibly, and the model with the most such checks wins (an SDM630 and an SDM120
+        # share the probe; only the SDM630 has plausible voltages on L2 and L3).
+        checks = [model.point(model.probe)] + [p for p in model.points if p.name in PLAUSIBLE and p.name != model.probe]
+        evidence = ""
+        for point in checks:
+            try:
+                words = await transport.read(unit, point.function, point.address, point.registers, retries=0)
+                value = codec.decode(point, words) * point.scale
+            except (TransportError, codec.Unavailable, ValueError):
+                break
+            lo, hi = PLAUSIBLE.get(point.name, (float("-inf"), float("inf")))
+            if not lo <= value <= hi:
+                break
+            evidence = evidence or f"{point.name} = {value:.6g} {point.unit}"
+        else:
+            if best is None or len(checks) > best[0]:
+                best = (len(checks), name, evidence)
+    if best is not None:
+        return Found(unit, best[1], best[2])
+    return Found(unit, None, "answers, but no built-in model's probe fits")
+
+
+async def scan_modbus(link: Link, ids: list[int], out: Callable[[str], None]) -> list[Found]:
+    transport = ModbusTransport(link)
+    found: list[Found] = []
+    try:
+        for i, unit in enumerate(ids, start=1):
+            progress(i - 1, len(ids), len(found), out)
+            present = True
+            try:
+                await transport.read(unit, Function.HOLDING, 0, 1, retries=0)
+            except ExceptionReply:
+                pass  # it answered: it exists
+            except (NoReply, BadReply):
+                present = False
+            if present:
+                found.append(await identify(transport, unit))
+        progress(len(ids), len(ids), len(found), out)
+    except NotConnected as exc:
+        out(f"\n{exc}\n")
+        raise
+    finally:
+        transport.close()
+        out("\n")
+    return found
+
+
+async def scan_serial_protocol(protocol: str, line: SerialLine) -> list[Found]:
+    if protocol == "dlt645":
+        from drivers.dlt645.device import Dlt645Reader
+
+        reader: object = Dlt645Reader(line)
+        model = "dlt645-2007"
+    else:
+        from drivers.cjt188.device import Cjt188Reader
+
+        reader = Cjt188Reader(line)
+        model = "cjt188-water"
+    try:
+        address = await reader.read_address(retries=1)  # type: ignore[attr-defined]
+    except NoReply:
+        return []
+    finally:
+        line.close()
+    return [Found(address, model, "answered the wildcard address")]
+
+
+def snippet(found: list[Found], bus: dict[str, object]) -> str:
+    """A config fragment for what was found."""
+    bus_text = ", ".join(f"{k}: {v}" for k, v in bus.items())
+    lines = ["buses:", f"  - {{{bus_text}}}", "meters:"]
+    for f in found:
+        address = f'"{f.address}"' if isinstance(f.address, str) else f.address
+        model = f.model or "FILL-IN  # no built-in model recognised it"
+        lines.append(f"  - {{id: meter-{f.address}, bus: {bus['name']}, address: {address}, model: {model}}}")
+    return "\n".join(lines)
+
+
+def stderr(text: str) -> None:
+    sys.stderr.write(text)
+    sys.stderr.flush()

@@ -1,0 +1,145 @@
+"""CJ/T 188 frames: ``FE.. 68 T A0..A6 C L DATA CS 16``.
+
+Facts (../shared/reference/protocols-and-meters.md §3, with their sources): T is the meter type
+(10H cold water, 11H hot water, 20H heat, 30H gas); the address is 7 BCD bytes, A0 lowest; no +33H
+offset (unlike DL/T 645); CS is the sum from 68H to the end of DATA, mod 256. Read data is C=01H
+with DATA = DI (2 bytes, low first: 901FH is sent 1F 90) and a sequence byte SER; the reply is C=81H
+(C1H abnormal). Read address is C=03H, DI 810AH, to the wildcard address AA x 7.
+Reply to 901FH (water, gas): current cumulative flow (4 BCD bytes, 2 decimals, low first, then a
+unit byte), the flow at the settlement date (same), the meter's clock (7 bytes BCD, YYYYMMDDhhmmss)
+and 2 status bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from drivers.dlt645.frame import FrameError, decode_bcd, encode_bcd
+
+PREAMBLE = b"\xfe\xfe\xfe\xfe"
+WILDCARD = "aaaaaaaaaaaaaa"
+TYPE_ANY = 0xAA
+COLD_WATER = 0x10
+READ, READ_ADDRESS = 0x01, 0x03
+DI_METERING = 0x901F
+DI_ADDRESS = 0x810A
+
+#: unit byte -> (unit, factor to that unit) as in CJ/T 188-2004 table 13 / -2018 table 20
+UNIT_CODES: dict[int, tuple[str, float]] = {
+    0x29: ("L", 1.0), 0x2C: ("m³", 1.0), 0x2D: ("m³", 10.0), 0x2E: ("m³", 100.0),
+    0x32: ("L/h", 1.0), 0x35: ("m³/h", 1.0),
+    0x02: ("Wh", 1.0), 0x05: ("kWh", 1.0), 0x08: ("MWh", 1.0),
+}  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    meter_type: int
+    address: str  #: 14 digits as printed ("aaaaaaaaaaaaaa" for the wildcard)
+    control: int
+    data: bytes
+
+    @property
+    def is_reply(self) -> bool:
+        return bool(self.control & 0x80)
+
+    @property
+    def is_error(self) -> bool:
+        return bool(self.control & 0x40)
+
+
+def address_bytes(address: str) -> bytes:
+    if len(address) != 14:
+        raise FrameError(f"address {address!r} must have 14 digits")
+    try:
+        return bytes.fromhex(address)[::-1]
+    except ValueError:
+        raise FrameError(f"address {address!r} is not BCD") from None
+
+
+def build(meter_type: int, address: str, control: int, data: bytes, *, preamble: bool = True) -> bytes:
+    body = bytes([0x68, meter_type]) + address_bytes(address) + bytes([control, len(data)]) + data
+    return (PREAMBLE if preamble else b"") + body + bytes([sum(body) & 0xFF, 0x16])
+
+
+def read_request(address: str, di: int = DI_METERING, *, meter_type: int = COLD_WATER, ser: int = 0) -> bytes:
+    return build(meter_type, address, READ, di.to_bytes(2, "little") + bytes([ser]))
+
+
+def read_address_request(ser: int = 0) -> bytes:
+    return build(TYPE_ANY, WILDCARD, READ_ADDRESS, DI_ADDRESS.to_bytes(2, "little") + bytes([ser]))
+
+
+def take(buffer: bytearray) -> Frame | None:
+    """One complete, valid frame off the front of ``buffer``, or None."""
+    while buffer:
+        start = buffer.find(0x68)
+        if start < 0:
+            buffer.clear()
+            return None
+        del buffer[:start]
+        if len(buffer) < 11:
+            return None
+        total = 13 + buffer[10]
+        if len(buffer) < total:
+            return None
+        raw = bytes(buffer[:total])
+        if raw[-1] != 0x16 or sum(raw[:-2]) & 0xFF != raw[-2]:
+            del buffer[:1]
+            continue
+        del buffer[:total]
+        return Frame(raw[1], raw[2:9][::-1].hex(), raw[9], raw[11:-2])
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Metering:
+    """The 901FH reply of a water or gas meter."""
+
+    current: float  #: cumulative flow, in ``unit``
+    current_unit: str
+    settlement: float
+    settlement_unit: str
+    clock: str  #: YYYYMMDDhhmmss as the meter says
+    status: int  #: 2 bytes, low first: D0-D1 valve, D2 battery low
+
+    def field(self, name: str) -> tuple[float, str]:
+        if name == "current":
+            return self.current, self.current_unit
+        if name == "settlement":
+            return self.settlement, self.settlement_unit
+        return float(self.status), "-"
+
+
+def _flow(data: bytes) -> tuple[float, str]:
+    value = decode_bcd(data[:4], 8, 2, False)
+    unit, factor = UNIT_CODES.get(data[4], ("m³", 1.0)) if len(data) > 4 else ("m³", 1.0)
+    if len(data) > 4 and data[4] not in UNIT_CODES:
+        raise FrameError(f"unknown unit code 0x{data[4]:02X}")
+    return value * factor, unit
+
+
+def decode_metering(data: bytes) -> Metering:
+    """DATA of a 901FH reply (DI and SER included)."""
+    if len(data) < 3 + 19:
+        raise FrameError(f"901F reply too short ({len(data)} bytes)")
+    body = data[3:]
+    current, cu = _flow(body[0:5])
+    settlement, su = _flow(body[5:10])
+    clock = bytes(reversed(body[10:17])).hex()
+    status = int.from_bytes(body[17:19], "little")
+    return Metering(current, cu, settlement, su, clock, status)
+
+
+def encode_metering(current_m3: float, settlement_m3: float, clock: str, status: int = 0, ser: int = 0) -> bytes:
+    """DATA of a 901FH reply in m³ (for the simulator)."""
+    return (
+        DI_METERING.to_bytes(2, "little")
+        + bytes([ser])
+        + encode_bcd(current_m3, 8, 2, False)
+        + b"\x2c"
+        + encode_bcd(settlement_m3, 8, 2, False)
+        + b"\x2c"
+        + bytes(reversed(bytes.fromhex(clock)))
+        + status.to_bytes(2, "little")
+    )

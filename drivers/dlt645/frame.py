@@ -1,0 +1,132 @@
+"""DL/T 645 frames: ``FE FE FE FE 68 A0..A5 68 C L DATA CS 16``.
+
+Facts (../shared/reference/protocols-and-meters.md §2, with their sources): the address is 6 BCD
+bytes, low byte first; every DATA byte is sent +33H; CS is the sum of the bytes from the first 68H
+to the end of DATA, mod 256; replies set bit 7 of C, bit 6 for an abnormal reply (one error byte),
+bit 5 when follow-up frames exist. A read (2007) is C=11H with the 4-byte data identifier (DI),
+low byte first; the reply's DATA is the DI again and the value, BCD, least significant byte first,
+with the sign (where a quantity has one) in the top bit of the most significant byte.
+DL/T 645-1997 reads are C=01H with a 2-byte DI.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PREAMBLE = b"\xfe\xfe\xfe\xfe"
+WILDCARD = "aaaaaaaaaaaa"  #: every meter answers a read-address request to it (one meter on the line!)
+BROADCAST = "999999999999"
+
+READ_2007, READ_FOLLOW_2007, READ_ADDRESS = 0x11, 0x12, 0x13
+READ_1997 = 0x01
+
+ERROR_BITS = {
+    0: "other error",
+    1: "no such data (the meter does not have this data identifier)",
+    2: "password error or not authorised",
+    3: "baud rate cannot be changed",
+    4: "too many annual time zones",
+    5: "too many daily time slots",
+    6: "too many tariffs",
+}
+
+
+class FrameError(ValueError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    address: str  #: 12 digits as printed on the meter ("aaaaaaaaaaaa" for the wildcard)
+    control: int
+    data: bytes  #: with the 33H offset removed
+
+    @property
+    def is_reply(self) -> bool:
+        return bool(self.control & 0x80)
+
+    @property
+    def is_error(self) -> bool:
+        return bool(self.control & 0x40)
+
+    @property
+    def has_more(self) -> bool:
+        return bool(self.control & 0x20)
+
+
+def address_bytes(address: str) -> bytes:
+    if len(address) != 12:
+        raise FrameError(f"address {address!r} must have 12 digits")
+    try:
+        return bytes.fromhex(address)[::-1]
+    except ValueError:
+        raise FrameError(f"address {address!r} is not BCD") from None
+
+
+def build(address: str, control: int, data: bytes = b"", *, preamble: bool = True) -> bytes:
+    body = b"\x68" + address_bytes(address) + b"\x68" + bytes([control, len(data)])
+    body += bytes((b + 0x33) & 0xFF for b in data)
+    return (PREAMBLE if preamble else b"") + body + bytes([sum(body) & 0xFF, 0x16])
+
+
+def read_request(address: str, di: int, *, version: int = 2007) -> bytes:
+    if version == 1997:
+        return build(address, READ_1997, di.to_bytes(2, "little"))
+    return build(address, READ_2007, di.to_bytes(4, "little"))
+
+
+def take(buffer: bytearray) -> Frame | None:
+    """One complete, valid frame off the front of ``buffer`` (wake-up bytes and noise skipped), or None."""
+    while buffer:
+        start = buffer.find(0x68)
+        if start < 0:
+            buffer.clear()
+            return None
+        del buffer[:start]
+        if len(buffer) < 10:
+            return None
+        if buffer[7] != 0x68:
+            del buffer[:1]
+            continue
+        total = 12 + buffer[9]
+        if len(buffer) < total:
+            return None
+        raw = bytes(buffer[:total])
+        if raw[-1] != 0x16 or sum(raw[:-2]) & 0xFF != raw[-2]:
+            del buffer[:1]
+            continue
+        del buffer[:total]
+        return Frame(raw[1:7][::-1].hex(), raw[8], bytes((b - 0x33) & 0xFF for b in raw[10:-2]))
+    return None
+
+
+def error_text(word: int) -> str:
+    reasons = [text for bit, text in ERROR_BITS.items() if word & (1 << bit)]
+    return f"meter refused (error word 0x{word:02X}: {'; '.join(reasons) or 'unknown'})"
+
+
+def decode_bcd(data: bytes, digits: int, decimals: int, signed: bool) -> float:
+    """A value from its bytes (least significant first); raises FrameError for a non-BCD nibble."""
+    n = digits // 2
+    if len(data) < n:
+        raise FrameError(f"value needs {n} bytes, reply has {len(data)}")
+    value = bytearray(data[:n])
+    negative = False
+    if signed and value[-1] & 0x80:
+        negative = True
+        value[-1] &= 0x7F
+    text = bytes(reversed(value)).hex()
+    if not text.isdigit():
+        raise FrameError(f"not BCD: 0x{bytes(reversed(data[:n])).hex().upper()}")
+    number = int(text) / float(10**decimals)
+    return -number if negative else number
+
+
+def encode_bcd(value: float, digits: int, decimals: int, signed: bool) -> bytes:
+    scaled = round(abs(value) * 10**decimals)
+    limit = 8 * 10 ** (digits - 1) if signed else 10**digits  # a signed value's top bit is its sign
+    scaled = min(scaled, limit - 1)
+    raw = bytearray(reversed(bytes.fromhex(f"{scaled:0{digits}d}")))
+    if signed and value < 0:
+        raw[-1] |= 0x80
+    return bytes(raw)

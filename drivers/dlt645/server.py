@@ -1,0 +1,60 @@
+"""The meter side of DL/T 645, for the simulator: answers reads (11H) and read-address (13H)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+
+from drivers.dlt645 import frame
+from drivers.serialserver import SerialPortServer
+
+#: a meter: data identifier -> value bytes (least significant first), or None for "no such data"
+MeterData = Callable[[int], bytes | None]
+
+
+class Dlt645Slave:
+    def __init__(self, meters: dict[str, MeterData], *, baudrate: int | None = None) -> None:
+        self.meters = meters
+        self.baudrate = baudrate
+        self.requests: Counter[str] = Counter()
+        self.unanswered = 0
+
+    def answer(self, request: frame.Frame) -> bytes | None:
+        if request.is_reply:
+            return None
+        if request.control == frame.READ_ADDRESS and request.address == frame.WILDCARD:
+            if len(self.meters) != 1:
+                # Every meter answers at once: on a real line the replies collide into noise.
+                return b"\x68\x55\xaa\x13" if self.meters else None
+            (address,) = self.meters
+            self.requests[address] += 1
+            return frame.build(address, 0x93, frame.address_bytes(address))
+        data_of = self.meters.get(request.address)
+        if data_of is None:
+            self.unanswered += 1
+            return None
+        self.requests[request.address] += 1
+        if request.control != frame.READ_2007 or len(request.data) != 4:
+            return frame.build(request.address, request.control | 0xC0, bytes([0x01]))
+        di = int.from_bytes(request.data, "little")
+        value = data_of(di)
+        if value is None:
+            return frame.build(request.address, 0xD1, bytes([0x02]))  # error word bit 1: no such data
+        return frame.build(request.address, 0x91, request.data + value)
+
+    def wire_delay(self, request_bytes: int, reply_bytes: int) -> float:
+        return (request_bytes + reply_bytes) * 11 / self.baudrate if self.baudrate else 0.0
+
+
+class Dlt645SerialServer(SerialPortServer):
+    def __init__(self, slave: Dlt645Slave, device: str, baudrate: int = 2400, parity: str = "N") -> None:
+        super().__init__(device, baudrate, parity)
+        self.slave = slave
+
+    def handle(self, buffer: bytearray) -> list[tuple[bytes, float]]:
+        out = []
+        while (request := frame.take(buffer)) is not None:
+            reply = self.slave.answer(request)
+            if reply is not None:
+                out.append((reply, self.slave.wire_delay(16, len(reply))))
+        return out

@@ -1,0 +1,44 @@
+"""What one read of one meter gave, whatever the protocol, and the interface every protocol's reader has."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from drivers.errors import TransportError
+from drivers.model import Model
+
+
+def tidy(value: float) -> float:
+    """Drop binary noise from scaling (12840 × 0.001 = 12.840000000000002 -> 12.84)."""
+    return float(f"{value:.15g}")
+
+
+@dataclass(slots=True)
+class DeviceRead:
+    """What one read of one meter gave."""
+
+    values: dict[str, float] = field(default_factory=dict)  #: canonical unit, uncalibrated
+    raw: dict[str, int | float] = field(default_factory=dict)  #: decoded register value, unscaled
+    registers: dict[str, list[int]] = field(default_factory=dict)  #: words (Modbus) or bytes (DL/T 645) as they came
+    errors: dict[str, str] = field(default_factory=dict)  #: point -> reason it has no value
+    requests: int = 0
+    seconds: float = 0.0
+    failure: TransportError | None = None  #: set when the meter did not answer at all
+    model: Model | None = None  #: the model the values follow when it is discovered (SunSpec)
+
+
+class MeterReader(Protocol):
+    """One physical bus: reads one meter at a time."""
+
+    @property
+    def requests(self) -> int: ...
+
+    @property
+    def timeouts(self) -> int: ...
+
+    async def read_meter(
+        self, address: int | str, model: Model, names: list[str], *, retries: int | None = None
+    ) -> DeviceRead: ...
+
+    def close(self) -> None: ...
