@@ -50,7 +50,7 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
 
 def test_the_example_config_documents_a_valid_site() -> None:
     config = load_config(HERE.parent.parent / "config" / "example.yaml")
-    assert {b.type for b in config.buses.values()} == {"rtu", "tcp", "rtu-over-tcp"}
+    assert {b.type for b in config.buses.values()} == {"rtu", "tcp", "rtu-over-tcp", "dlt645", "cjt188"}
     main_incomer = config.meter("main-incomer")
     assert main_incomer.calibration.ct_ratio == 40
     assert main_incomer.calibration.points["energy_import"].offset == 1520.4
