@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 
 import sqlite_utils
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 KIND_READING, KIND_EVENT, KIND_INTERVAL = 0, 1, 2
 QUALITIES = ("good", "partial", "bad")
 
@@ -123,11 +123,16 @@ class Buffer:
                 )
                 self.conn.execute(
                     "INSERT INTO state VALUES ('schema_version', ?), ('next_seq', 1), ('dropped_total', 0)",
-                    (SCHEMA_VERSION,),
+                    (1,),
                 )
         version = self._state("schema_version", 0)
         if version > SCHEMA_VERSION:
             raise RuntimeError(f"{self.path}: buffer schema {version} is newer than this version ({SCHEMA_VERSION})")
+        if version < 2:
+            with self._tx():
+                # Counter state (last good value, offsets, interval boundaries) per meter and point.
+                self.db.table("ledger").create({"meter": str, "point": str, "state": str}, pk=("meter", "point"))
+                self.conn.execute("UPDATE state SET value = 2 WHERE key = 'schema_version'")
 
     def _state(self, key: str, default: int) -> int:
         row = self.conn.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
@@ -160,9 +165,16 @@ class Buffer:
             self._layouts[names], self._layout_names[lid] = lid, names
         return lid
 
-    def append(self, records: list[Record], events: list[dict[str, Any]] = ()) -> list[Row]:  # type: ignore[assignment]
-        """Store readings and events in one transaction; returns them as rows, each with its seq."""
-        if not records and not events:
+    def append(
+        self,
+        records: list[Record],
+        events: list[dict[str, Any]] = (),  # type: ignore[assignment]
+        intervals: list[dict[str, Any]] = (),  # type: ignore[assignment]
+        ledger: dict[tuple[str, str], dict[str, Any]] | None = None,
+    ) -> list[Row]:
+        """Store readings, events, interval consumption and the counter state in one transaction;
+        returns the messages as rows, each with its seq."""
+        if not records and not events and not intervals and not ledger:
             return []
         rows: list[Row] = []
         params: list[tuple[Any, ...]] = []
@@ -197,6 +209,13 @@ class Buffer:
                     rows.append(Row(seq, KIND_READING, r.meter, slot, ts, q, r.values, extra or None))
                     seq += 1
                 now = int(time.time() * 1000)
+                for iv in intervals:
+                    body = {k: v for k, v in iv.items() if k != "meter"}
+                    params.append(
+                        (seq, KIND_INTERVAL, self._meter_id(iv["meter"]), None, now, 0, None, None, json.dumps(body))
+                    )
+                    rows.append(Row(seq, KIND_INTERVAL, iv["meter"], None, now, 0, None, body))
+                    seq += 1
                 for e in events:
                     meter = e.get("meter")
                     params.append(
@@ -216,6 +235,11 @@ class Buffer:
                     seq += 1
                 self.conn.executemany("INSERT INTO outbox VALUES (?,?,?,?,?,?,?,?,?)", params)
                 self.conn.execute("UPDATE state SET value = ? WHERE key = 'next_seq'", (seq,))
+                if ledger:
+                    self.conn.executemany(
+                        "INSERT OR REPLACE INTO ledger VALUES (?,?,?)",
+                        [(m, p, json.dumps(s)) for (m, p), s in ledger.items()],
+                    )
         except BaseException:
             self._meters, self._layouts = cache_meters, cache_layouts
             self._meter_names = {i: n for n, i in cache_meters.items()}
@@ -241,6 +265,10 @@ class Buffer:
             values,
             json.loads(extra) if extra else None,
         )
+
+    def ledger(self) -> list[tuple[str, str, dict[str, Any]]]:
+        """The stored counter state: (meter, point, state)."""
+        return [(m, p, json.loads(s)) for m, p, s in self.conn.execute("SELECT meter, point, state FROM ledger")]
 
     def fetch(self, after: int, limit: int) -> list[Row]:
         """Up to ``limit`` rows with seq > ``after``, oldest first."""

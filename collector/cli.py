@@ -63,7 +63,12 @@ def cmd_read(args: argparse.Namespace) -> int:
             return EXIT_USAGE
         meters = [m for m in meters if m.id in args.meter]
     readings = asyncio.run(read_once(config, meters, with_hidden=args.raw))
+    from collector.counters import Ledger
+
+    ledger = Ledger(config.consumption_interval)
     for r in readings:
+        # Counters as the daemon would publish them: continued across recorded meter replacements.
+        ledger.process(config.meter(r.meter), r)
         if args.json:
             obj = reading_json(r, config)
             if args.raw:

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from collector.categories import NATIONAL
 from drivers import registry
 from drivers.model import Model
+from drivers.quantities import Nature
 from drivers.source import (
     Fields,
     Node,
@@ -115,6 +118,18 @@ class Bus:
 class PointCalibration:
     scale: float = 1.0
     offset: float = 0.0
+    max_rate: float | None = None  #: counters: the largest believable rise per hour (kWh/h = kW, m³/h)
+
+
+@dataclass(frozen=True, slots=True)
+class Replacement:
+    """A meter swapped on site: the published counter continues across it."""
+
+    at: float  #: unix seconds
+    point: str
+    old_final: float  #: the old meter's last reading, as the meter shows it (canonical unit)
+    new_first: float  #: the new meter's first reading
+    line: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +150,7 @@ class Meter:
     category: str | None = None
     points: tuple[str, ...] = ()  #: what is published; default: every published point of the model
     calibration: Calibration = Calibration()
+    replacements: tuple[Replacement, ...] = ()
     line: int = 0
     where: str = ""  #: path in the config, e.g. meters[3]
     address_line: int = 0
@@ -155,6 +171,8 @@ class Config:
     buses: dict[str, Bus]
     meters: tuple[Meter, ...]
     clock: Clock = Clock()
+    consumption_interval: float = 900.0  #: seconds: the interval consumption is published for
+    categories: dict[str, str] = field(default_factory=dict)  #: code -> name (national table + the site's)
 
     def meter(self, meter_id: str) -> Meter:
         for m in self.meters:
@@ -187,6 +205,22 @@ def _build(root: Node, path: Path, sink: Sink) -> Config | None:
         step_threshold=duration_field(cf, "step_threshold", 2.0, low=0.5, high=3600) or 2.0,
     )
     cf.done()
+    cons = _section(top, "consumption", root)
+    consumption = duration_field(cons, "interval", 900.0, low=60, high=DAY) or 900.0
+    if cons.has("interval") and consumption not in (900.0, 3600.0, DAY):
+        cons.problem("interval", "must be 15m, 1h or 1d")
+        consumption = 900.0
+    cons.done()
+    categories = dict(NATIONAL)
+    cat_node = top.raw("categories")
+    if cat_node is not None and cat_node.value is not None:
+        cats = Fields(cat_node, "categories", sink)
+        for code in list(cats.data):
+            name = cats.get(code, str, "")
+            if not re.fullmatch(r"[0-9]{2}[0-9A-Z]{3}", code):
+                cats.problem(code, f'"{code}" is not an energy classification code like "01E00" (quote it)')
+            else:
+                categories[code] = name
     buses: dict[str, Bus] = {}
     for where, node in items(top.raw("buses"), "buses", sink):
         bus = _bus(node, where, sink)
@@ -201,7 +235,7 @@ def _build(root: Node, path: Path, sink: Sink) -> Config | None:
     meters: list[Meter] = []
     seen: dict[str, int] = {}
     for where, node in items(top.raw("meters"), "meters", sink):
-        meter = _meter(node, where, sink, buses, path.parent)
+        meter = _meter(node, where, sink, buses, path.parent, categories)
         if meter is None:
             continue
         if meter.id in seen:
@@ -213,7 +247,7 @@ def _build(root: Node, path: Path, sink: Sink) -> Config | None:
     if not meters and top.has("meters") is False:
         sink.add(root.line, "meters", "is required: a list of the meters to read")
     _across(meters, buses, sink)
-    return Config(str(path), gateway, storage, mqtt, buses, tuple(meters), clock)
+    return Config(str(path), gateway, storage, mqtt, buses, tuple(meters), clock, consumption, categories)
 
 
 def _section(top: Fields, key: str, root: Node) -> Fields:
@@ -363,7 +397,9 @@ def _bus(node: Node, where: str, sink: Sink) -> Bus | None:
     return Bus(name=name, type=btype, line=node.line, **kw)
 
 
-def _meter(node: Node, where: str, sink: Sink, buses: dict[str, Bus], base: Path) -> Meter | None:
+def _meter(
+    node: Node, where: str, sink: Sink, buses: dict[str, Bus], base: Path, categories: dict[str, str]
+) -> Meter | None:
     f = Fields(node, where, sink)
     if not f.ok:
         return None
@@ -388,8 +424,15 @@ def _meter(node: Node, where: str, sink: Sink, buses: dict[str, Bus], base: Path
     category = f.get("category", str)
     if category is not None and not re.fullmatch(r"[0-9]{2}[0-9A-Z]{3}", category):
         f.problem("category", f'"{category}" is not an energy classification code like "01A00"')
+    elif category is not None and category not in categories:
+        f.problem(
+            "category",
+            f'unknown code "{category}"{suggest(category, categories)}; '
+            "add the platform's own codes under categories: in this file",
+        )
     points = _points(f, model)
     calibration = _calibration(f, model)
+    replacements = _replacements(f, model)
     f.done()
     if model is None or not mid or not bus:
         return None
@@ -403,9 +446,10 @@ def _meter(node: Node, where: str, sink: Sink, buses: dict[str, Bus], base: Path
         category,
         points,
         calibration,
-        node.line,
-        where,
-        f.line("address"),
+        replacements=replacements,
+        line=node.line,
+        where=where,
+        address_line=f.line("address"),
     )
 
 
@@ -500,11 +544,57 @@ def _calibration(f: Fields, model: Model | None) -> Calibration:
             if scale == 0:
                 pc.problem("scale", "must not be 0")
             offset = pc.get("offset", float, 0.0)
+            max_rate = pc.get("max_rate", float)
+            if max_rate is not None and max_rate <= 0:
+                pc.problem("max_rate", "must be > 0 (units per hour: kW for an energy counter)")
+                max_rate = None
+            if (
+                max_rate is not None
+                and model is not None
+                and model.has(name)
+                and model.point(name).nature is not Nature.COUNTER
+            ):
+                pc.problem("max_rate", f"{name} is not a counter")
             pc.done()
-            points[name] = PointCalibration(scale, offset)
+            points[name] = PointCalibration(scale, offset, max_rate)
         p.done()
     c.done()
     return Calibration(ratios["ct_ratio"], ratios["pt_ratio"], points)
+
+
+def _replacements(f: Fields, model: Model | None) -> tuple[Replacement, ...]:
+    out: list[Replacement] = []
+    for where, node in items(f.raw("replacements"), f.sub("replacements"), f.sink):
+        r = Fields(node, where, f.sink, f.label)
+        if not r.ok:
+            continue
+        at_text = r.get("at", (str, datetime), None, required=True)
+        at = None
+        if isinstance(at_text, datetime):
+            at_text = at_text.isoformat()
+        if isinstance(at_text, str):
+            try:
+                when = datetime.fromisoformat(at_text.replace("Z", "+00:00"))
+                if when.tzinfo is None:
+                    r.problem("at", f'"{at_text}" needs a time zone, e.g. 2026-11-03T10:00:00+08:00')
+                else:
+                    at = when.timestamp()
+            except ValueError:
+                r.problem("at", f'"{at_text}" is not a time like 2026-11-03T10:00:00+08:00')
+        point = r.get("point", str, "", required=True)
+        if point and model is not None:
+            if not model.has(point):
+                r.problem(
+                    "point", f'"{point}" is not a point of {model.name}{suggest(point, [p.name for p in model.points])}'
+                )
+            elif model.point(point).nature is not Nature.COUNTER:
+                r.problem("point", f"{point} is not a counter: only counters carry over a replacement")
+        old_final = r.get("old_final", float, None, required=True)
+        new_first = r.get("new_first", float, None, required=True)
+        r.done()
+        if at is not None and point and old_final is not None and new_first is not None:
+            out.append(Replacement(at, point, old_final, new_first, node.line))
+    return tuple(sorted(out, key=lambda x: x.at))
 
 
 def _across(meters: list[Meter], buses: dict[str, Bus], sink: Sink) -> None:

@@ -24,6 +24,7 @@ from collector.buffer import AsyncBuffer, Record, Row
 from collector.bus import BusWorker
 from collector.calibration import Reading
 from collector.config import Config, load_config
+from collector.counters import Ledger
 from collector.health import Health
 from collector.publisher import Publisher, SecretError, read_password
 from collector.scheduler import Poller
@@ -37,13 +38,21 @@ DRAIN_ON_STOP = 3.0  #: seconds MQTT gets to deliver on SIGTERM
 STOP_POLLS = 5.0  #: seconds running polls get to finish on SIGTERM
 
 
-class Writer:
-    """Gathers readings and events; stores each batch in one transaction; hands rows to MQTT."""
+class Interval(dict[str, Any]):
+    """An interval-consumption record waiting in the writer's queue."""
 
-    def __init__(self, buffer: AsyncBuffer, offer: Any, sync_check: str) -> None:
+
+class Writer:
+    """Gathers readings and events; checks counters; stores each batch in one transaction (readings,
+    events, interval consumption and the counter state together); hands the rows to MQTT."""
+
+    def __init__(self, buffer: AsyncBuffer, offer: Any, sync_check: str, config: Config, ledger: Ledger) -> None:
         self.buffer = buffer
         self.offer = offer
         self.sync_check = sync_check
+        self.meters = {m.id: m for m in config.meters}
+        self.ledger = ledger
+        self._dirty: dict[tuple[str, str], dict[str, Any]] = {}
         self.queue: asyncio.Queue[Record | dict[str, Any]] = asyncio.Queue()
         self.stored = 0
         self._synced = True
@@ -56,7 +65,20 @@ class Writer:
         return self._synced
 
     def reading(self, r: Reading) -> None:
+        outcome = self.ledger.process(self.meters[r.meter], r)
         self.queue.put_nowait(Record(r.meter, r.slot, r.ts, r.values, r.quality, r.errors, self.synced()))
+        for iv in outcome.intervals:
+            self.queue.put_nowait(Interval(iv))
+        for e in outcome.events:
+            log.warning(
+                'meter "%s" %s: counter %s (%s)',
+                e["meter"],
+                e["point"],
+                e["cause"],
+                "continuity kept" if e["cause"] != "rollover" else "modulus added",
+            )
+            self.queue.put_nowait(e)
+        self._dirty.update({k: Ledger.dump(st) for k, st in outcome.state.items()})
 
     def event(self, e: dict[str, Any]) -> None:
         self.queue.put_nowait(e)
@@ -68,11 +90,14 @@ class Writer:
             await self._write([first])
 
     async def _write(self, items: list[Record | dict[str, Any]]) -> None:
-        while not self.queue.empty() and len(items) < 5000:
+        # Everything queued goes in this transaction, so the counter state stored with it matches.
+        while not self.queue.empty():
             items.append(self.queue.get_nowait())
         records = [i for i in items if isinstance(i, Record)]
-        events = [i for i in items if isinstance(i, dict)]
-        rows: list[Row] = await self.buffer.call(self.buffer.buffer.append, records, events)
+        intervals = [dict(i) for i in items if isinstance(i, Interval)]
+        events = [i for i in items if isinstance(i, dict) and not isinstance(i, Interval)]
+        dirty, self._dirty = self._dirty, {}
+        rows: list[Row] = await self.buffer.call(self.buffer.buffer.append, records, events, intervals, dirty)
         self.stored += len(rows)
         self.offer(rows)
 
@@ -107,7 +132,8 @@ class Daemon:
             cfg.mqtt, cfg.gateway.id, self.buffer, topics, window=cfg.mqtt.max_inflight, on_connect=self._publish_meta
         )
         self.topics = topics
-        self.writer = Writer(self.buffer, self.publisher.offer, cfg.clock.sync_check)
+        ledger = Ledger.load(await self.buffer.call(self.buffer.buffer.ledger), cfg.consumption_interval)
+        self.writer = Writer(self.buffer, self.publisher.offer, cfg.clock.sync_check, cfg, ledger)
         self.health = Health(emit=self.writer.event)
         for name, bus in cfg.buses.items():
             meters = [m for m in cfg.meters if m.bus == name]

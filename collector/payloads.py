@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 from collector import __version__
-from collector.buffer import KIND_EVENT, KIND_READING, QUALITIES, Row, finite, ms_iso, seconds_iso
+from collector.buffer import KIND_EVENT, KIND_INTERVAL, KIND_READING, QUALITIES, Row, finite, ms_iso, seconds_iso
 from collector.config import Config, Meter
 from drivers.model import Model
 
@@ -56,6 +56,22 @@ def message(row: Row, gateway: str, topics: Topics) -> tuple[str, bytes]:
         if row.extra:
             body.update(row.extra)
         return topics.reading(row.meter), dumps(body)
+    if row.kind == KIND_INTERVAL:
+        assert row.meter is not None and row.extra is not None
+        iv = row.extra
+        body = {
+            "v": PAYLOAD_VERSION,
+            "gateway": gateway,
+            "meter": row.meter,
+            "seq": row.seq,
+            "point": iv["point"],
+            "start": seconds_iso(int(iv["start"])),
+            "end": seconds_iso(int(iv["end"])),
+            "delta": iv["delta"],
+            "unit": iv["unit"],
+            "quality": iv["quality"],
+        }
+        return topics.interval(row.meter), dumps(body)
     assert row.kind == KIND_EVENT and row.extra is not None
     event = {"v": PAYLOAD_VERSION, "gateway": gateway, "seq": row.seq, "ts": ms_iso(row.ts_ms), **row.extra}
     return topics.events, dumps(event)
