@@ -201,6 +201,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             line_timing=args.line_timing,
             static=args.static,
             overrides=overrides,
+            zero_every=args.zero_every,
         )
     except KeyError:
         print(f'simulate: unknown model "{args.model}"', file=sys.stderr)
@@ -402,6 +403,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="NAME=VALUE",
         help="hold a point at a value in canonical units, e.g. active_power=-3.2 (repeatable)",
+    )
+    s.add_argument(
+        "--zero-every",
+        type=int,
+        default=0,
+        metavar="N",
+        help="every Nth read of a counter returns 0 (a flaky meter, to test counter integrity)",
     )
     s.set_defaults(func=cmd_simulate)
 

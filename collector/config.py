@@ -427,8 +427,8 @@ def _meter(
     elif category is not None and category not in categories:
         f.problem(
             "category",
-            f'unknown code "{category}"{suggest(category, categories)}; '
-            "add the platform's own codes under categories: in this file",
+            f'unknown code "{category}" (not in the national table nor under categories: in this file)'
+            f"{suggest(category, categories)}",
         )
     points = _points(f, model)
     calibration = _calibration(f, model)

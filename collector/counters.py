@@ -127,13 +127,13 @@ class Ledger:
                 continue
             reading.values[name] = published
             out.intervals += self._intervals(meter, point, st, t, published)
+        for name, why in self._errors.items():
+            reading.errors[name] = why
+        self._errors = {}
         if reading.quality == "good" and reading.errors:
             reading.quality = "partial"
         if not reading.values and reading.quality != "bad":
             reading.quality = "bad"
-        for name, why in self._errors.items():
-            reading.errors[name] = why
-        self._errors = {}
         return out
 
     def _counter(self, meter: Meter, point: Point, st: PointState, c: float, t: float, out: Outcome) -> float | None:

@@ -98,6 +98,7 @@ def meta(config: Config, meter: Meter, model: Model | None = None) -> bytes:
         "kind": model.kind,
         "protocol": model.protocol,
         "category": meter.category,
+        "category_name": config.categories.get(meter.category or "") if meter.category else None,
         "bus": meter.bus,
         "address": meter.address,
         "interval_s": meter.interval,

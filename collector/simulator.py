@@ -117,6 +117,9 @@ class SimulatedMeter:
         self.building = Building(seed=zlib.crc32(f"{model.name}/{unit}".encode()), kind=model.kind)
         self.static_at = clock if clock is not None else (time.time() if static else None)
         self.overrides: dict[str, float] = {}
+        #: every Nth read that covers a counter returns 0 for it: a meter with a flaky register (tests)
+        self.zero_every = 0
+        self._counter_reads = 0
         self._images: dict[int, dict[int, int]] = {}
         self._image_time = -1.0
 
@@ -170,7 +173,21 @@ class SimulatedMeter:
         words = [img.get(a) for a in range(address, address + count)]
         if all(w is None for w in words):
             return ILLEGAL_ADDRESS  # like most meters: a request that covers no register of theirs
-        return [0 if w is None else w for w in words]
+        out = [0 if w is None else w for w in words]
+        counters = [
+            p
+            for p in self.model.points
+            if p.nature.value == "counter"
+            and p.function.code == function
+            and address <= p.address
+            and p.end <= address + count
+        ]
+        if counters and self.zero_every:
+            self._counter_reads += 1
+            if self._counter_reads % self.zero_every == 0:
+                for p in counters:
+                    out[p.address - address : p.end - address] = [0] * p.registers
+        return out
 
 
 def _fit(point: Point, raw: float) -> int | float:
@@ -406,6 +423,7 @@ def make_server(
     line_timing: bool = False,
     static: bool = False,
     overrides: dict[str, float] | None = None,
+    zero_every: int = 0,
 ) -> Served:
     """A simulator server for any model: Modbus (TCP, RTU over TCP, serial), SunSpec, DL/T 645, CJ/T 188.
 
@@ -447,6 +465,7 @@ def make_server(
         else:
             sim = SimulatedMeter(model, u, static=static)
             sim.overrides.update(overrides or {})
+            sim.zero_every = zero_every
             devices[u] = sim
     slave = Slave(devices, baudrate=baud if line_timing else None, silent_unknown=on_serial)
 
