@@ -437,22 +437,23 @@ def make_server(
         digits = 12 if model.protocol == "dlt645" else 14
         addresses = parse_addresses(ids if ids != "1" else "0" * (digits - 1) + "1", digits)
         if model.protocol == "dlt645":
-            from drivers.dlt645.server import Dlt645SerialServer, Dlt645Slave
+            from drivers.dlt645.server import Dlt645Slave, serial_server
 
             dslave = Dlt645Slave(
                 {a: dlt645_meter(model, a, static=static, overrides=overrides) for a in addresses},
                 baudrate=baud if line_timing else None,
             )
             return Served(
-                Dlt645SerialServer(dslave, serial, baud, parity),
+                serial_server(dslave, serial, baud, parity),
                 f"DL/T 645 meter(s) {', '.join(addresses)} on serial {serial} {baud} 8{parity}1",
                 lambda: ", ".join(f"{a}: {n}" for a, n in sorted(dslave.requests.items())) or "none",
             )
-        from drivers.cjt188.server import Cjt188SerialServer, Cjt188Slave
+        from drivers.cjt188.server import Cjt188Slave
+        from drivers.cjt188.server import serial_server as cjt188_server
 
         cslave = Cjt188Slave({a: cjt188_meter(model, a, static=static, overrides=overrides) for a in addresses})
         return Served(
-            Cjt188SerialServer(cslave, serial, baud, parity),
+            cjt188_server(cslave, serial, baud, parity),
             f"CJ/T 188 meter(s) {', '.join(addresses)} on serial {serial} {baud} 8{parity}1",
             lambda: ", ".join(f"{a}: {n}" for a, n in sorted(cslave.requests.items())) or "none",
         )

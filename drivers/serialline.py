@@ -138,3 +138,37 @@ class SerialLine:
                 if attempt + 1 == attempts:
                     raise NoReply(f"no reply in {self.timeout * 1000:g} ms")
             raise AssertionError("unreachable")
+
+
+class LineReader:
+    """What the DL/T 645 and CJ/T 188 readers share: one line, its counters, replies from one meter."""
+
+    def __init__(self, line: SerialLine) -> None:
+        self.line = line
+
+    @property
+    def requests(self) -> int:
+        return self.line.requests
+
+    @property
+    def timeouts(self) -> int:
+        return self.line.timeouts
+
+    def close(self) -> None:
+        self.line.close()
+
+    #: the protocol's frame splitter and wildcard address (set by each protocol's reader)
+    take: Callable[[bytearray], Any]
+    wildcard: str = ""
+
+    def replies(self, address: str) -> Callable[[bytearray], Any]:
+        """Take replies from this meter only: an echo of our own request, or another meter, is skipped."""
+        take, wildcard = type(self).take, self.wildcard
+
+        def from_meter(buffer: bytearray) -> Any:
+            while (f := take(buffer)) is not None:
+                if f.is_reply and (f.address == address or address == wildcard):
+                    return f
+            return None
+
+        return from_meter

@@ -66,3 +66,23 @@ class SerialPortServer:
             self._port.close()
             self._port = None
         self._fd = -1
+
+
+class FrameSlaveServer(SerialPortServer):
+    """A serial slave for a frame protocol: ``take`` splits requests off the buffer, ``answer`` replies."""
+
+    def __init__(
+        self, take: Any, answer: Any, device: str, baudrate: int = 2400, parity: str = "N", delay: Any = None
+    ) -> None:
+        super().__init__(device, baudrate, parity)
+        self.take = take
+        self.answer = answer
+        self.delay = delay or (lambda request, reply: 0.0)
+
+    def handle(self, buffer: bytearray) -> list[tuple[bytes, float]]:
+        out = []
+        while (request := self.take(buffer)) is not None:
+            reply = self.answer(request)
+            if reply is not None:
+                out.append((reply, self.delay(request, reply)))
+        return out

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 
 from drivers.cjt188 import frame
 from drivers.dlt645.frame import FrameError
@@ -11,36 +10,15 @@ from drivers.errors import NoReply, NotConnected
 from drivers.model import Model
 from drivers.quantities import canonical_unit
 from drivers.reading import DeviceRead, tidy
-from drivers.serialline import SerialLine
+from drivers.serialline import LineReader
 
 
-def _reply_from(address: str) -> Callable[[bytearray], frame.Frame | None]:
-    def take(buffer: bytearray) -> frame.Frame | None:
-        while (f := frame.take(buffer)) is not None:
-            if f.is_reply and (f.address == address or address == frame.WILDCARD):
-                return f
-        return None
-
-    return take
-
-
-class Cjt188Reader:
-    def __init__(self, line: SerialLine) -> None:
-        self.line = line
-
-    @property
-    def requests(self) -> int:
-        return self.line.requests
-
-    @property
-    def timeouts(self) -> int:
-        return self.line.timeouts
-
-    def close(self) -> None:
-        self.line.close()
+class Cjt188Reader(LineReader):
+    take = staticmethod(frame.take)
+    wildcard = frame.WILDCARD
 
     async def read_address(self, *, retries: int | None = None) -> str:
-        reply = await self.line.transact(frame.read_address_request(), _reply_from(frame.WILDCARD), retries=retries)
+        reply = await self.line.transact(frame.read_address_request(), self.replies(frame.WILDCARD), retries=retries)
         return str(reply.address)
 
     async def read_meter(
@@ -54,7 +32,9 @@ class Cjt188Reader:
         for di in sorted({p.address for p in points}):
             out.requests += 1
             try:
-                replies[di] = await self.line.transact(frame.read_request(addr, di), _reply_from(addr), retries=retries)
+                replies[di] = await self.line.transact(
+                    frame.read_request(addr, di), self.replies(addr), retries=retries
+                )
             except (NoReply, NotConnected) as exc:
                 out.failure = exc
                 break

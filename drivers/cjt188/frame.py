@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from drivers.dlt645.frame import FrameError, decode_bcd, encode_bcd
+from drivers.dlt645.frame import FrameError, address_bytes, decode_bcd, encode_bcd
 
 PREAMBLE = b"\xfe\xfe\xfe\xfe"
 WILDCARD = "aaaaaaaaaaaaaa"
@@ -48,17 +48,8 @@ class Frame:
         return bool(self.control & 0x40)
 
 
-def address_bytes(address: str) -> bytes:
-    if len(address) != 14:
-        raise FrameError(f"address {address!r} must have 14 digits")
-    try:
-        return bytes.fromhex(address)[::-1]
-    except ValueError:
-        raise FrameError(f"address {address!r} is not BCD") from None
-
-
 def build(meter_type: int, address: str, control: int, data: bytes, *, preamble: bool = True) -> bytes:
-    body = bytes([0x68, meter_type]) + address_bytes(address) + bytes([control, len(data)]) + data
+    body = bytes([0x68, meter_type]) + address_bytes(address, 14) + bytes([control, len(data)]) + data
     return (PREAMBLE if preamble else b"") + body + bytes([sum(body) & 0xFF, 0x16])
 
 

@@ -6,7 +6,7 @@ from collections import Counter
 from collections.abc import Callable
 
 from drivers.cjt188 import frame
-from drivers.serialserver import SerialPortServer
+from drivers.serialserver import FrameSlaveServer
 
 #: a meter: -> (current m³, settlement-day m³, clock YYYYMMDDhhmmss, status)
 MeterData = Callable[[], tuple[float, float, str, int]]
@@ -41,15 +41,5 @@ class Cjt188Slave:
         )
 
 
-class Cjt188SerialServer(SerialPortServer):
-    def __init__(self, slave: Cjt188Slave, device: str, baudrate: int = 2400, parity: str = "N") -> None:
-        super().__init__(device, baudrate, parity)
-        self.slave = slave
-
-    def handle(self, buffer: bytearray) -> list[tuple[bytes, float]]:
-        out = []
-        while (request := frame.take(buffer)) is not None:
-            reply = self.slave.answer(request)
-            if reply is not None:
-                out.append((reply, 0.0))
-        return out
+def serial_server(slave: Cjt188Slave, device: str, baudrate: int = 2400, parity: str = "N") -> FrameSlaveServer:
+    return FrameSlaveServer(frame.take, slave.answer, device, baudrate, parity)

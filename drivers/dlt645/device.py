@@ -3,47 +3,28 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 
 from drivers.dlt645 import frame
 from drivers.errors import NoReply, NotConnected
 from drivers.model import Model
 from drivers.reading import DeviceRead, tidy
-from drivers.serialline import SerialLine
+from drivers.serialline import LineReader, SerialLine
 
 
-def _reply_from(address: str) -> Callable[[bytearray], frame.Frame | None]:
-    """Take replies from this meter only (an echo of our own request, or another meter, is skipped)."""
+class Dlt645Reader(LineReader):
+    take = staticmethod(frame.take)
+    wildcard = frame.WILDCARD
 
-    def take(buffer: bytearray) -> frame.Frame | None:
-        while (f := frame.take(buffer)) is not None:
-            if f.is_reply and (f.address == address or address == frame.WILDCARD):
-                return f
-        return None
-
-    return take
-
-
-class Dlt645Reader:
     def __init__(self, line: SerialLine, *, version: int = 2007) -> None:
-        self.line = line
+        super().__init__(line)
         self.version = version
-
-    @property
-    def requests(self) -> int:
-        return self.line.requests
-
-    @property
-    def timeouts(self) -> int:
-        return self.line.timeouts
-
-    def close(self) -> None:
-        self.line.close()
 
     async def read_address(self, *, retries: int | None = None) -> str:
         """The address of the one meter on the line (read-address to the wildcard address)."""
         reply = await self.line.transact(
-            frame.build(frame.WILDCARD, frame.READ_ADDRESS), _reply_from(frame.WILDCARD), retries=retries
+            frame.build(frame.WILDCARD, frame.READ_ADDRESS),
+            self.replies(frame.WILDCARD),
+            retries=retries,
         )
         data: bytes = reply.data
         return data[:6][::-1].hex() if len(data) >= 6 else str(reply.address)
@@ -59,7 +40,9 @@ class Dlt645Reader:
             out.requests += 1
             try:
                 reply = await self.line.transact(
-                    frame.read_request(addr, point.address, version=self.version), _reply_from(addr), retries=retries
+                    frame.read_request(addr, point.address, version=self.version),
+                    self.replies(addr),
+                    retries=retries,
                 )
             except (NoReply, NotConnected) as exc:
                 out.failure = exc

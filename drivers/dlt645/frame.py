@@ -54,9 +54,10 @@ class Frame:
         return bool(self.control & 0x20)
 
 
-def address_bytes(address: str) -> bytes:
-    if len(address) != 12:
-        raise FrameError(f"address {address!r} must have 12 digits")
+def address_bytes(address: str, digits: int = 12) -> bytes:
+    """A printed meter address as sent: BCD, low byte first (DL/T 645: 12 digits, CJ/T 188: 14)."""
+    if len(address) != digits:
+        raise FrameError(f"address {address!r} must have {digits} digits")
     try:
         return bytes.fromhex(address)[::-1]
     except ValueError:

@@ -6,7 +6,7 @@ from collections import Counter
 from collections.abc import Callable
 
 from drivers.dlt645 import frame
-from drivers.serialserver import SerialPortServer
+from drivers.serialserver import FrameSlaveServer
 
 #: a meter: data identifier -> value bytes (least significant first), or None for "no such data"
 MeterData = Callable[[int], bytes | None]
@@ -46,15 +46,12 @@ class Dlt645Slave:
         return (request_bytes + reply_bytes) * 11 / self.baudrate if self.baudrate else 0.0
 
 
-class Dlt645SerialServer(SerialPortServer):
-    def __init__(self, slave: Dlt645Slave, device: str, baudrate: int = 2400, parity: str = "N") -> None:
-        super().__init__(device, baudrate, parity)
-        self.slave = slave
-
-    def handle(self, buffer: bytearray) -> list[tuple[bytes, float]]:
-        out = []
-        while (request := frame.take(buffer)) is not None:
-            reply = self.slave.answer(request)
-            if reply is not None:
-                out.append((reply, self.slave.wire_delay(16, len(reply))))
-        return out
+def serial_server(slave: Dlt645Slave, device: str, baudrate: int = 2400, parity: str = "N") -> FrameSlaveServer:
+    return FrameSlaveServer(
+        frame.take,
+        slave.answer,
+        device,
+        baudrate,
+        parity,
+        delay=lambda request, reply: slave.wire_delay(16, len(reply)),
+    )
