@@ -82,6 +82,8 @@ class Building:
         v["energy_export"] = e * 0.002
         v["energy_total"] = e * 1.002
         v["energy_combined"] = e * 0.998  # import - export
+        for i, share in enumerate((0.08, 0.32, 0.35, 0.25), start=1):  # sharp, peak, flat, valley tariffs
+            v[f"energy_import_t{i}"] = e * share
         v["reactive_energy_import"] = e * 0.31
         v["reactive_energy_export"] = e * 0.01
         v["ac_power"] = p_total
@@ -237,14 +239,22 @@ def dlt645_meter(
 
     sim = SimulatedMeter(model, int(address[-6:]), static=static)
     sim.overrides.update(overrides or {})
-    by_di = {p.address: p for p in model.points}
+    by_di: dict[int, list[Point]] = {}
+    for p in model.points:
+        by_di.setdefault(p.address, []).append(p)
 
     def data(di: int) -> bytes | None:
-        point = by_di.get(di)
-        if point is None:
+        points = by_di.get(di)
+        if not points:
             return None
-        value = sim.engineering(sim.now())[point.name] / point.scale
-        return encode_bcd(value, point.digits, point.decimals, point.signed)
+        values = sim.engineering(sim.now())
+        block = bytearray()
+        for point in sorted(points, key=lambda p: p.offset):  # a data block: each value at its offset
+            block.extend(bytes(max(0, point.offset - len(block))))  # a value the model does not read: 0
+            block[point.offset :] = encode_bcd(
+                values[point.name] / point.scale, point.digits, point.decimals, point.signed
+            )
+        return bytes(block)
 
     return data
 

@@ -91,6 +91,7 @@ class Point:
     decimals: int = 0  #: DL/T 645: digits after the point ("XXXXXX.XX" -> 2)
     signed: bool = False  #: DL/T 645: the top bit of the most significant byte is the sign
     field: str = ""  #: CJ/T 188: which field of the data identifier's reply (current, settlement, status)
+    offset: int = 0  #: DL/T 645: byte offset of the value in a data block's reply (0 for a single value)
 
     @property
     def registers(self) -> int:
@@ -255,7 +256,7 @@ def _point(
     if address != -1 and not 0 <= address <= top:
         what = "a data identifier" if protocol in ("dlt645", "cjt188") else "0-based wire address"
         f.problem("address", f"{address} is outside 0..{top} ({what})")
-    digits = decimals = 0
+    digits = decimals = offset = 0
     signed = False
     if protocol == "dlt645":
         fmt = f.get("format", str, "", required=True)
@@ -266,6 +267,10 @@ def _point(
             decimals = len(m.group(2) or "")
             digits = len(m.group(1)) + decimals
         signed = f.get("signed", bool, False)
+        offset = f.get("offset", int, 0)
+        if offset < 0 or offset > 200:
+            f.problem("offset", f"{offset} is outside 0..200 (bytes into the data block)")
+            offset = 0
     field = ""
     if protocol == "cjt188":
         field = f.choice("field", CJT188_FIELDS, "current")
@@ -343,6 +348,7 @@ def _point(
         decimals=decimals,
         signed=signed,
         field=field,
+        offset=offset,
     )
 
 

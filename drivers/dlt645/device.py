@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from drivers.dlt645 import frame
-from drivers.errors import NoReply, NotConnected
+from drivers.errors import BadReply, NoReply, NotConnected
 from drivers.model import Model
 from drivers.reading import DeviceRead, tidy
 from drivers.serialline import LineReader, SerialLine
@@ -29,33 +29,59 @@ class Dlt645Reader(LineReader):
         data: bytes = reply.data
         return data[:6][::-1].hex() if len(data) >= 6 else str(reply.address)
 
+    async def read_di(self, addr: str, di: int, *, retries: int | None = None) -> tuple[frame.Frame, bytes, int]:
+        """The data of one identifier, following up on B1H replies (data blocks that need several
+        frames, asked for with 12H and a frame number). Returns the last reply, the data after the
+        identifier, and how many frames it took."""
+        di_bytes = 2 if self.version == 1997 else 4
+        reply = await self.line.transact(
+            frame.read_request(addr, di, version=self.version), self.replies(addr), retries=retries
+        )
+        if reply.is_error:
+            return reply, b"", 1
+        if int.from_bytes(reply.data[:di_bytes], "little") != di:
+            raise BadReply(f"reply for another identifier than {di:08X}")
+        payload, frames = reply.data[di_bytes:], 1
+        while reply.has_more and frames < 64:
+            request = frame.build(addr, frame.READ_FOLLOW_2007, di.to_bytes(4, "little") + bytes([frames]))
+            reply = await self.line.transact(request, self.replies(addr), retries=retries)
+            frames += 1
+            if reply.is_error:
+                return reply, b"", frames
+            payload += reply.data[4:-1]  # DI, data, frame number
+        return reply, payload, frames
+
     async def read_meter(
         self, address: int | str, model: Model, names: list[str], *, retries: int | None = None
     ) -> DeviceRead:
         out = DeviceRead()
         started = time.monotonic()
         addr = str(address)
-        di_bytes = 2 if self.version == 1997 else 4
-        for point in model.needed_for(names):
-            out.requests += 1
+        points = model.needed_for(names)
+        payloads: dict[int, bytes] = {}
+        for di in dict.fromkeys(p.address for p in points):  # one read per identifier (a block serves many)
             try:
-                reply = await self.line.transact(
-                    frame.read_request(addr, point.address, version=self.version),
-                    self.replies(addr),
-                    retries=retries,
-                )
+                reply, payload, n = await self.read_di(addr, di, retries=retries)
             except (NoReply, NotConnected) as exc:
+                out.requests += 1
                 out.failure = exc
                 break
+            except BadReply as exc:
+                out.requests += 1
+                out.errors.update({p.name: str(exc) for p in points if p.address == di})
+                continue
+            out.requests += n
             if reply.is_error:
                 word = reply.data[0] if reply.data else 0
-                out.errors[point.name] = frame.error_text(word)
+                for p in points:
+                    if p.address == di:
+                        out.errors[p.name] = frame.error_text(word)
                 continue
-            di = int.from_bytes(reply.data[:di_bytes], "little")
-            if di != point.address:
-                out.errors[point.name] = f"reply for DI {di:08X}, asked {point.address:08X}"
+            payloads[di] = payload
+        for point in points:
+            if point.address not in payloads:
                 continue
-            payload = reply.data[di_bytes:]
+            payload = payloads[point.address][point.offset :]
             out.registers[point.name] = list(payload[: point.digits // 2])
             try:
                 raw = frame.decode_bcd(payload, point.digits, point.decimals, point.signed)

@@ -13,9 +13,13 @@ MeterData = Callable[[int], bytes | None]
 
 
 class Dlt645Slave:
-    def __init__(self, meters: dict[str, MeterData], *, baudrate: int | None = None) -> None:
+    def __init__(self, meters: dict[str, MeterData], *, baudrate: int | None = None, frame_data: int = 16) -> None:
         self.meters = meters
         self.baudrate = baudrate
+        #: values longer than this go out in follow-up frames (B1H, then 12H/92H-B2H): real meters split
+        #: only long blocks; the simulator splits early so that path is exercised
+        self.frame_data = frame_data
+        self.pending: dict[tuple[str, int], list[bytes]] = {}
         self.requests: Counter[str] = Counter()
         self.unanswered = 0
 
@@ -34,12 +38,24 @@ class Dlt645Slave:
             self.unanswered += 1
             return None
         self.requests[request.address] += 1
+        if request.control == frame.READ_FOLLOW_2007 and len(request.data) == 5:
+            di = int.from_bytes(request.data[:4], "little")
+            chunks = self.pending.get((request.address, di))
+            if not chunks:
+                return frame.build(request.address, 0xD2, bytes([0x02]))
+            chunk = chunks.pop(0)
+            control = 0xB2 if chunks else 0x92
+            return frame.build(request.address, control, request.data[:4] + chunk + request.data[4:5])
         if request.control != frame.READ_2007 or len(request.data) != 4:
             return frame.build(request.address, request.control | 0xC0, bytes([0x01]))
         di = int.from_bytes(request.data, "little")
         value = data_of(di)
         if value is None:
             return frame.build(request.address, 0xD1, bytes([0x02]))  # error word bit 1: no such data
+        if len(value) > self.frame_data:
+            size = self.frame_data
+            self.pending[(request.address, di)] = [value[i : i + size] for i in range(size, len(value), size)]
+            return frame.build(request.address, 0xB1, request.data + value[:size])
         return frame.build(request.address, 0x91, request.data + value)
 
     def wire_delay(self, request_bytes: int, reply_bytes: int) -> float:

@@ -182,3 +182,19 @@ def test_sunspec_read_json_and_meta_without_a_hand_written_map(tmp_path: Path, s
     assert r["values"]["ac_power"] == pytest.approx(r["raw"]["ac_power"] * 10 ** r["raw"]["m103_w_sf"] / 1000)
     scan = cli("scan", "--host", f"127.0.0.1:{port}", "--ids", "1-2")
     assert "1: sunspec-inverter (SunSpec models 1,103,160" in scan.stdout
+
+
+def test_dlt645_data_block_in_follow_up_frames(pty_pair: PtyPair, tmp_path: Path, simulator: type[Simulator]) -> None:
+    # The simulator sends at most 16 data bytes a frame: the 20-byte tariff block needs B1H + a 12H follow-up.
+    simulator("--model", "dlt645-2007", "--serial", pty_pair.a, "--baud", "2400", "--ids", DLT645_ADDRESS, "--static")
+    tariffs = [f"energy_import_t{i}" for i in range(1, 5)]
+    config = site(
+        tmp_path,
+        f"{{name: rs485-2, type: dlt645, port: {pty_pair.b}, baudrate: 2400, parity: N}}",
+        f'{{id: office, bus: rs485-2, address: "{DLT645_ADDRESS}", model: dlt645-2007, '
+        f"points: [energy_import, {', '.join(tariffs)}]}}",
+    )
+    r = read_json(config)
+    assert r["quality"] == "good", r["errors"]
+    assert r["requests"] == 3  # the total, then the block in two frames
+    assert sum(r["values"][t] for t in tariffs) == pytest.approx(r["values"]["energy_import"], abs=0.05)

@@ -39,9 +39,14 @@ def test_model_invariants(name: str) -> None:
         if q is not None:
             assert p.unit == q.unit and p.nature == q.nature
         elif p.publish:
-            # A model's own name must not be a near miss of a canonical one (voltage_1 for voltage_l1).
-            close = difflib.get_close_matches(p.name, QUANTITIES, n=1, cutoff=0.85)
-            assert not close, f"{p.name} looks like canonical {close}"
+            # A qualified variant of a canonical name (energy_import_t1, dc_power_2) keeps its unit ...
+            base = next((c for c in QUANTITIES if p.name.startswith(c + "_")), None)
+            if base is not None:
+                assert p.unit == QUANTITIES[base].unit, f"{p.name} must be in {QUANTITIES[base].unit} like {base}"
+            else:
+                # ... anything else must not be a near miss of a canonical one (voltage_1 for voltage_l1).
+                close = difflib.get_close_matches(p.name, QUANTITIES, n=1, cutoff=0.85)
+                assert not close, f"{p.name} looks like canonical {close}"
         assert p.unit in {u for u, _ in UNIT_CONVERSIONS.values()}
     by_fn = sorted(m.points, key=lambda p: (p.function.value, p.address)) if modbus else []
     for a, b in itertools.pairwise(by_fn):
