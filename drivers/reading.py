@@ -27,6 +27,13 @@ class DeviceRead:
     failure: TransportError | None = None  #: set when the meter did not answer at all
     model: Model | None = None  #: the model the values follow when it is discovered (SunSpec)
 
+    def only(self, names: list[str]) -> DeviceRead:
+        """Keep values and errors of the points asked for; helpers stay in raw/registers for --raw."""
+        asked = set(names)
+        self.values = {k: v for k, v in self.values.items() if k in asked}
+        self.errors = {k: v for k, v in self.errors.items() if k in asked}
+        return self
+
 
 class MeterReader(Protocol):
     """One physical bus: reads one meter at a time."""

@@ -60,8 +60,4 @@ class Cjt188Reader(LineReader):
                 continue
             out.values[p.name] = tidy(value * conv[1]) if p.field != "status" else value
         out.seconds = time.monotonic() - started
-        asked = set(names)
-        for d in (out.values, out.errors):
-            for k in [k for k in d if k not in asked]:
-                del d[k]
-        return out
+        return out.only(names)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from drivers.dlt645.frame import FrameError, address_bytes, decode_bcd, encode_bcd
+from drivers.dlt645.frame import FrameError, address_bytes, decode_bcd, encode_bcd, take_raw
 
 PREAMBLE = b"\xfe\xfe\xfe\xfe"
 WILDCARD = "aaaaaaaaaaaaaa"
@@ -63,24 +63,10 @@ def read_address_request(ser: int = 0) -> bytes:
 
 def take(buffer: bytearray) -> Frame | None:
     """One complete, valid frame off the front of ``buffer``, or None."""
-    while buffer:
-        start = buffer.find(0x68)
-        if start < 0:
-            buffer.clear()
-            return None
-        del buffer[:start]
-        if len(buffer) < 11:
-            return None
-        total = 13 + buffer[10]
-        if len(buffer) < total:
-            return None
-        raw = bytes(buffer[:total])
-        if raw[-1] != 0x16 or sum(raw[:-2]) & 0xFF != raw[-2]:
-            del buffer[:1]
-            continue
-        del buffer[:total]
-        return Frame(raw[1], raw[2:9][::-1].hex(), raw[9], raw[11:-2])
-    return None
+    raw = take_raw(buffer, 10, 13)
+    if raw is None:
+        return None
+    return Frame(raw[1], raw[2:9][::-1].hex(), raw[9], raw[11:-2])
 
 
 @dataclass(frozen=True, slots=True)

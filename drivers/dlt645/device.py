@@ -94,8 +94,4 @@ class Dlt645Reader(LineReader):
             for name in names:
                 out.errors.setdefault(name, str(out.failure))
         out.seconds = time.monotonic() - started
-        asked = set(names)
-        for d in (out.values, out.errors):
-            for k in [k for k in d if k not in asked]:
-                del d[k]
-        return out
+        return out.only(names)

@@ -76,20 +76,26 @@ def read_request(address: str, di: int, *, version: int = 2007) -> bytes:
     return build(address, READ_2007, di.to_bytes(4, "little"))
 
 
-def take(buffer: bytearray) -> Frame | None:
-    """One complete, valid frame off the front of ``buffer`` (wake-up bytes and noise skipped), or None."""
+def take_raw(buffer: bytearray, length_at: int, overhead: int, second_68: int | None = None) -> bytes | None:
+    """One ``68 ... L DATA CS 16`` frame off the front of ``buffer``, as bytes, or None if incomplete.
+
+    Shared by DL/T 645 and CJ/T 188: wake-up bytes and noise before 68H are dropped, a candidate whose
+    checksum or end byte is wrong is skipped one byte at a time (resynchronisation).
+    ``length_at``: index of L; ``overhead``: frame bytes besides DATA; ``second_68``: index of a
+    second 68H the frame must have (DL/T 645).
+    """
     while buffer:
         start = buffer.find(0x68)
         if start < 0:
             buffer.clear()
             return None
         del buffer[:start]
-        if len(buffer) < 10:
+        if len(buffer) <= length_at:
             return None
-        if buffer[7] != 0x68:
+        if second_68 is not None and buffer[second_68] != 0x68:
             del buffer[:1]
             continue
-        total = 12 + buffer[9]
+        total = overhead + buffer[length_at]
         if len(buffer) < total:
             return None
         raw = bytes(buffer[:total])
@@ -97,8 +103,16 @@ def take(buffer: bytearray) -> Frame | None:
             del buffer[:1]
             continue
         del buffer[:total]
-        return Frame(raw[1:7][::-1].hex(), raw[8], bytes((b - 0x33) & 0xFF for b in raw[10:-2]))
+        return raw
     return None
+
+
+def take(buffer: bytearray) -> Frame | None:
+    """One complete, valid frame off the front of ``buffer`` (wake-up bytes and noise skipped), or None."""
+    raw = take_raw(buffer, 9, 12, second_68=7)
+    if raw is None:
+        return None
+    return Frame(raw[1:7][::-1].hex(), raw[8], bytes((b - 0x33) & 0xFF for b in raw[10:-2]))
 
 
 def error_text(word: int) -> str:

@@ -105,8 +105,4 @@ async def read_device(
         for p in model.needed_for(names):
             out.errors.setdefault(p.name, str(out.failure))
     # Report only what was asked; helper points stay internal unless asked for.
-    asked = set(names)
-    for d in (out.values, out.errors):
-        for k in [k for k in d if k not in asked]:
-            del d[k]
-    return out
+    return out.only(names)
