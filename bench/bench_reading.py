@@ -39,6 +39,8 @@ def requests_per_poll() -> None:
     print(f"   {'model':<18} {'points':>6} {'planned':>8} {'per point':>10} {'ratio':>6}")
     for name in registry.names():
         m = registry.load(name)
+        if m.protocol != "modbus":
+            continue  # DL/T 645 and CJ/T 188 read one identifier a request; SunSpec maps are discovered
         planned = len(plan(m, list(m.points), gap=DEFAULT_GAP_SERIAL))
         single = len(plan(m, list(m.points), gap=0, single=True))
         print(f"   {name:<18} {len(m.points):>6} {planned:>8} {single:>10} {planned / single:>6.2f}")
