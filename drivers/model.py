@@ -118,6 +118,7 @@ class Model:
     gap: int | None = None  #: largest gap (registers) worth reading to save a request
     pause: float = 0.0  #: seconds of silence the meter needs between requests
     single_requests: bool = False  #: one request per point (devices that refuse block reads)
+    edition: int = 0  #: DL/T 645: 2007 (4-byte identifiers, read 11H) or 1997 (2-byte, read 01H)
     unreadable: tuple[tuple[int, int], ...] = ()  #: inclusive register ranges a read must not cover
     probe: str | None = None  #: the point `scan` reads to recognise the model
     path: str = ""
@@ -179,6 +180,12 @@ def _build(root: Node, path: Path, sink: Sink) -> Model | None:
     manual = f.get("manual", str, "", required=True)
     probe = f.get("probe", str)
     single = f.get("single_requests", bool, False)
+    edition = 0
+    if protocol == "dlt645":
+        edition = f.get("edition", int, 2007)
+        if edition not in (1997, 2007):
+            f.problem("edition", f"{edition} is not 1997 or 2007")
+            edition = 2007
 
     d = Fields(f.raw("defaults") or Node({}, root.line), "defaults", sink)
     function = Function(d.choice("function", tuple(x.value for x in Function), "holding"))
@@ -233,6 +240,7 @@ def _build(root: Node, path: Path, sink: Sink) -> Model | None:
         unreadable=tuple(unreadable),
         probe=probe,
         path=str(path),
+        edition=edition,
     )
 
 

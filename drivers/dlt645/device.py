@@ -8,16 +8,12 @@ from drivers.dlt645 import frame
 from drivers.errors import BadReply, NoReply, NotConnected
 from drivers.model import Model
 from drivers.reading import DeviceRead, tidy
-from drivers.serialline import LineReader, SerialLine
+from drivers.serialline import LineReader
 
 
 class Dlt645Reader(LineReader):
     take = staticmethod(frame.take)
     wildcard = frame.WILDCARD
-
-    def __init__(self, line: SerialLine, *, version: int = 2007) -> None:
-        super().__init__(line)
-        self.version = version
 
     async def read_address(self, *, retries: int | None = None) -> str:
         """The address of the one meter on the line (read-address to the wildcard address)."""
@@ -29,20 +25,22 @@ class Dlt645Reader(LineReader):
         data: bytes = reply.data
         return data[:6][::-1].hex() if len(data) >= 6 else str(reply.address)
 
-    async def read_di(self, addr: str, di: int, *, retries: int | None = None) -> tuple[frame.Frame, bytes, int]:
+    async def read_di(
+        self, addr: str, di: int, *, retries: int | None = None, edition: int = 2007
+    ) -> tuple[frame.Frame, bytes, int]:
         """The data of one identifier, following up on B1H replies (data blocks that need several
         frames, asked for with 12H and a frame number). Returns the last reply, the data after the
         identifier, and how many frames it took."""
-        di_bytes = 2 if self.version == 1997 else 4
+        di_bytes = 2 if edition == 1997 else 4
         reply = await self.line.transact(
-            frame.read_request(addr, di, version=self.version), self.replies(addr), retries=retries
+            frame.read_request(addr, di, version=edition), self.replies(addr), retries=retries
         )
         if reply.is_error:
             return reply, b"", 1
         if int.from_bytes(reply.data[:di_bytes], "little") != di:
             raise BadReply(f"reply for another identifier than {di:08X}")
         payload, frames = reply.data[di_bytes:], 1
-        while reply.has_more and frames < 64:
+        while reply.has_more and edition == 2007 and frames < 64:
             request = frame.build(addr, frame.READ_FOLLOW_2007, di.to_bytes(4, "little") + bytes([frames]))
             reply = await self.line.transact(request, self.replies(addr), retries=retries)
             frames += 1
@@ -61,7 +59,7 @@ class Dlt645Reader(LineReader):
         payloads: dict[int, bytes] = {}
         for di in dict.fromkeys(p.address for p in points):  # one read per identifier (a block serves many)
             try:
-                reply, payload, n = await self.read_di(addr, di, retries=retries)
+                reply, payload, n = await self.read_di(addr, di, retries=retries, edition=model.edition or 2007)
             except (NoReply, NotConnected) as exc:
                 out.requests += 1
                 out.failure = exc

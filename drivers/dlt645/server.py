@@ -46,6 +46,11 @@ class Dlt645Slave:
             chunk = chunks.pop(0)
             control = 0xB2 if chunks else 0x92
             return frame.build(request.address, control, request.data[:4] + chunk + request.data[4:5])
+        if request.control == frame.READ_1997 and len(request.data) == 2:  # DL/T 645-1997: 2-byte identifier
+            value = data_of(int.from_bytes(request.data, "little"))
+            if value is None:
+                return frame.build(request.address, 0xC1, bytes([0x02]))
+            return frame.build(request.address, 0x81, request.data + value)
         if request.control != frame.READ_2007 or len(request.data) != 4:
             return frame.build(request.address, request.control | 0xC0, bytes([0x01]))
         di = int.from_bytes(request.data, "little")

@@ -198,3 +198,32 @@ def test_dlt645_data_block_in_follow_up_frames(pty_pair: PtyPair, tmp_path: Path
     assert r["quality"] == "good", r["errors"]
     assert r["requests"] == 3  # the total, then the block in two frames
     assert sum(r["values"][t] for t in tariffs) == pytest.approx(r["values"]["energy_import"], abs=0.05)
+
+
+def test_dlt645_1997_meter(pty_pair: PtyPair, tmp_path: Path, simulator: type[Simulator]) -> None:
+    simulator(
+        "--model",
+        "dlt645-1997",
+        "--serial",
+        pty_pair.a,
+        "--baud",
+        "1200",
+        "--ids",
+        DLT645_ADDRESS,
+        "--static",
+        "--set",
+        "energy_import=8123.45",
+        "--set",
+        "voltage_l1=231",
+        "--set",
+        "current_l1=12.34",
+    )
+    config = site(
+        tmp_path,
+        f"{{name: old-meters, type: dlt645, port: {pty_pair.b}, baudrate: 1200, parity: N}}",
+        f'{{id: annex, bus: old-meters, address: "{DLT645_ADDRESS}", model: dlt645-1997}}',
+    )
+    r = read_json(config)
+    assert r["quality"] == "good", r["errors"]
+    assert r["values"] == {**r["values"], "energy_import": 8123.45, "voltage_l1": 231.0, "current_l1": 12.34}
+    assert r["requests"] == 10  # one 2-byte identifier per point

@@ -128,3 +128,38 @@ def test_an_adapter_that_disappears_and_returns_is_reopened(pty_pair: PtyPair) -
             t.close()
 
     asyncio.run(go())
+
+
+def test_a_dlt645_line_whose_adapter_disappears_is_reopened(pty_pair: PtyPair) -> None:
+    from drivers import registry
+    from drivers.dlt645.device import Dlt645Reader
+    from drivers.dlt645.server import Dlt645Slave, serial_server
+    from drivers.serialline import SerialLine
+
+    model = registry.load("dlt645-2007")
+    address = "000000000042"
+
+    def meter(di: int) -> bytes | None:
+        return bytes.fromhex("07215301") if di == 0x00010000 else None  # 15321.07 kWh
+
+    async def go() -> None:
+        server = serial_server(Dlt645Slave({address: meter}), pty_pair.a)
+        await server.start()
+        reader = Dlt645Reader(SerialLine(pty_pair.b, parity="N", timeout=0.3, retries=0))
+        try:
+            r = await reader.read_meter(address, model, ["energy_import"])
+            assert r.values == {"energy_import": 15321.07}
+            await server.stop()
+            pty_pair.stop()  # unplugged
+            r = await reader.read_meter(address, model, ["energy_import"])
+            assert r.failure is not None and not r.values
+            pty_pair.start()  # back
+            server = serial_server(Dlt645Slave({address: meter}), pty_pair.a)
+            await server.start()
+            r = await reader.read_meter(address, model, ["energy_import"])
+            assert r.values == {"energy_import": 15321.07}, r.errors
+        finally:
+            reader.close()
+            await server.stop()
+
+    asyncio.run(go())
