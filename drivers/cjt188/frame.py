@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from drivers.dlt645.frame import FrameError, address_bytes, decode_bcd, encode_bcd, take_raw
+from drivers.dlt645.frame import ControlBits, FrameError, address_bytes, decode_bcd, encode_bcd, take_raw
 
 PREAMBLE = b"\xfe\xfe\xfe\xfe"
 WILDCARD = "aaaaaaaaaaaaaa"
@@ -33,19 +33,11 @@ UNIT_CODES: dict[int, tuple[str, float]] = {
 
 
 @dataclass(frozen=True, slots=True)
-class Frame:
+class Frame(ControlBits):
     meter_type: int
     address: str  #: 14 digits as printed ("aaaaaaaaaaaaaa" for the wildcard)
     control: int
     data: bytes
-
-    @property
-    def is_reply(self) -> bool:
-        return bool(self.control & 0x80)
-
-    @property
-    def is_error(self) -> bool:
-        return bool(self.control & 0x40)
 
 
 def build(meter_type: int, address: str, control: int, data: bytes, *, preamble: bool = True) -> bytes:

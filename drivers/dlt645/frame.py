@@ -35,11 +35,11 @@ class FrameError(ValueError):
     pass
 
 
-@dataclass(frozen=True, slots=True)
-class Frame:
-    address: str  #: 12 digits as printed on the meter ("aaaaaaaaaaaa" for the wildcard)
+class ControlBits:
+    """The control byte's flags, the same in DL/T 645 and CJ/T 188."""
+
+    __slots__ = ()
     control: int
-    data: bytes  #: with the 33H offset removed
 
     @property
     def is_reply(self) -> bool:
@@ -52,6 +52,13 @@ class Frame:
     @property
     def has_more(self) -> bool:
         return bool(self.control & 0x20)
+
+
+@dataclass(frozen=True, slots=True)
+class Frame(ControlBits):
+    address: str  #: 12 digits as printed on the meter ("aaaaaaaaaaaa" for the wildcard)
+    control: int
+    data: bytes  #: with the 33H offset removed
 
 
 def address_bytes(address: str, digits: int = 12) -> bytes:

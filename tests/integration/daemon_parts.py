@@ -66,6 +66,11 @@ class DaemonProcess:
         self.logf.close()
         return rc
 
+    def finish(self) -> None:
+        """For a test's cleanup: kill the daemon if the test did not stop it."""
+        if self.proc.poll() is None:
+            self.kill()
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 

@@ -76,8 +76,7 @@ def test_clock_steps_forward_and_back_without_a_burst_or_a_silent_gap(
         )
         assert d.term() == 0
     finally:
-        if d.proc.poll() is None:
-            d.kill()
+        d.finish()
         sub.close()
         broker.stop()
     steps = [e for e in sub.json("/events") if e["event"] == "clock_stepped"]

@@ -71,8 +71,7 @@ def test_a_12_second_uplink_cut_loses_nothing(tmp_path: Path, broker: Mosquitto,
         assert daemon.term() == 0
         time.sleep(0.5)
     finally:
-        if daemon.proc.poll() is None:
-            daemon.kill()
+        daemon.finish()
         proxy.close()
         sub.close()
     log = daemon.log()
@@ -136,8 +135,7 @@ def test_status_meta_health_and_a_dead_meter_event(
         )
         assert d.term() == 0
     finally:
-        if d.proc.poll() is None:
-            d.kill()
+        d.finish()
         sub.close()
     # Every payload the daemon really sent matches the contract's JSON Schema.
     kinds = {validate(topic, json.loads(payload)) for topic, payload, _ in sub.messages}
@@ -169,8 +167,7 @@ def test_payload_shapes(tmp_path: Path, broker: Mosquitto, simulator: type[Simul
         sub.wait_for(lambda: len(sub.json("/reading")) >= 2, 20, "readings")
         assert d.term() == 0
     finally:
-        if d.proc.poll() is None:
-            d.kill()
+        d.finish()
         sub.close()
     r = sub.json("/reading")[0]
     assert set(r) == {"v", "gateway", "meter", "seq", "ts", "slot", "quality", "values"}
@@ -197,8 +194,7 @@ def test_network_down_at_boot(tmp_path: Path, broker: Mosquitto, simulator: type
         sub.wait_for(lambda: len(sub.json("/reading")) >= 8, 30, "readings once the uplink is up")
         assert d.term() == 0
     finally:
-        if d.proc.poll() is None:
-            d.kill()
+        d.finish()
         proxy.close()
         sub.close()
     assert "MQTT cannot connect" in d.log()

@@ -45,8 +45,7 @@ def test_ready_watchdog_and_stopping_reach_systemd(tmp_path: Path, simulator: ty
                 got.append(s.recv(1000).decode())
             assert d.proc.wait(20) == 0
         finally:
-            if d.proc.poll() is None:
-                d.kill()
+            d.finish()
             broker.stop()
     text = "\n".join(got)
     assert text.index("READY=1") < text.index("WATCHDOG=1") < text.index("STOPPING=1")
@@ -74,8 +73,7 @@ def test_sighup_applies_a_valid_config_and_refuses_an_invalid_one(tmp_path: Path
         sub.wait_for(lambda: any(r["meter"] == "m2" for r in sub.json("/reading")), 20, "readings of m2")
         assert d.term() == 0
     finally:
-        if d.proc.poll() is None:
-            d.kill()
+        d.finish()
         sub.close()
         broker.stop()
     log = d.log()
@@ -113,8 +111,7 @@ def test_mqtt_3_1_1(tmp_path: Path, simulator: type[Simulator]) -> None:
         sub.wait_for(lambda: len(sub.json("/reading")) >= 2, 20, "readings over MQTT 3.1.1")
         assert d.term() == 0
     finally:
-        if d.proc.poll() is None:
-            d.kill()
+        d.finish()
         sub.close()
         broker.stop()
     assert sub.json("/status")[-1]["state"] == "offline"

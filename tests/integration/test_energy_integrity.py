@@ -35,8 +35,7 @@ def test_a_register_reading_0_every_fourth_poll_never_reaches_the_platform(
         sub.wait_for(lambda: len(sub.json("/reading")) >= 16, 30, "16 readings")
         assert d.term() == 0
     finally:
-        if d.proc.poll() is None:
-            d.kill()
+        d.finish()
         sub.close()
         broker.stop()
     readings = sorted(sub.json("/reading"), key=lambda r: r["seq"])
