@@ -18,22 +18,30 @@ Not thread-safe by design: the daemon calls it from one dedicated thread (``Asyn
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import json
+import logging
 import math
+import os
 import sqlite3
 import struct
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import sqlite_utils
 
-SCHEMA_VERSION = 2
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 3
 KIND_READING, KIND_EVENT, KIND_INTERVAL = 0, 1, 2
+#: the quality column of an event that retention never drops (the drop reports themselves)
+EVENT_KEPT = 1
 QUALITIES = ("good", "partial", "bad")
 
 
@@ -69,12 +77,50 @@ def _ms(ts: datetime) -> int:
 
 
 class Buffer:
-    def __init__(self, path: str | Path, *, max_age: float = 30 * 86400, max_size: int = 2 * 1000**3) -> None:
+    conn: sqlite3.Connection
+    next_seq: int
+    fresh: bool  #: the file was created by this open
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        max_age: float = 30 * 86400,
+        max_size: int = 2 * 1000**3,
+        recover: bool = False,
+    ) -> None:
+        """``recover`` (the daemon): a corrupt file is moved aside and a new one started, its seq
+        continuing above every seq the old one may have used; otherwise CorruptBuffer is raised."""
         self.path = str(path)
         self.max_age = max_age
         self.max_size = max_size
+        self._seq_file = Path(self.path + ".seq") if self.path != ":memory:" else None
+        self._reserved = self._read_reserved()
+        self._seq_file_failed = False
+        lost: dict[str, Any] | None = None
+        try:
+            self._load()
+        except sqlite3.DatabaseError as exc:
+            if not _corrupt(exc):
+                raise
+            if not recover:
+                raise CorruptBuffer(f"{self.path}: {exc} (the daemon moves it aside when it starts)") from None
+            lost = self._move_aside(exc)
+            self._load()
+        if self.fresh and self._reserved > self.next_seq:
+            # A new file where one was before (corrupt, or deleted): continue above what it may have used.
+            lost = lost or {"event": "data_dropped", "reason": "buffer_lost", "first_seq": None, "count": None}
+            self.next_seq = self._reserved
+        if lost is not None:
+            lost.setdefault("last_seq", self.next_seq - 1)
+            lost["dropped_total"] = self._state("dropped_total", 0)
+            lost["limit"] = None
+            self.append([], [lost], kept=True)
+
+    def _load(self) -> None:
         self.conn = self._open()
         self.db = sqlite_utils.Database(self.conn)
+        self.fresh = "state" not in set(self.db.table_names())
         self._migrate()
         self._meters: dict[str, int] = {name: i for i, name in self.conn.execute("SELECT id, name FROM meters")}
         self._meter_names = {i: name for name, i in self._meters.items()}
@@ -85,6 +131,66 @@ class Buffer:
             self._layouts[t], self._layout_names[i] = i, t
         self.next_seq = self._state("next_seq", 1)
 
+    def _move_aside(self, exc: sqlite3.DatabaseError) -> dict[str, Any]:
+        """Rename the corrupt file (and its WAL) with a timestamp; what it held is named by the
+        returned drop report: the seqs still in it if they can be read, else every seq up to where
+        the new file starts."""
+        with contextlib.suppress(Exception):
+            self.conn.close()
+        seqs, next_seq = _salvage(self.path)
+        self._reserved = max(self._reserved, next_seq or 0)
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        aside = f"{self.path}.corrupt-{stamp}"
+        for suffix in ("", "-wal", "-shm"):
+            if os.path.exists(self.path + suffix):
+                os.replace(self.path + suffix, aside + suffix)
+        log.critical(
+            "buffer %s is corrupt (%s): moved aside to %s and a new buffer started; %s",
+            self.path,
+            exc,
+            aside,
+            f"{len(seqs)} unsent message(s) in it are reported lost" if seqs is not None else "its contents are lost",
+        )
+        event: dict[str, Any] = {"event": "data_dropped", "reason": "buffer_corrupt", "moved_to": aside}
+        if seqs:
+            merged = _merge(_ranges(seqs))
+            event.update(
+                count=sum(b - a + 1 for a, b in merged),
+                first_seq=merged[0][0],
+                last_seq=merged[-1][1],
+                ranges=[list(r) for r in merged],
+            )
+        else:
+            event.update(first_seq=None, count=None)
+        return event
+
+    def _read_reserved(self) -> int:
+        """The seq high-water mark kept beside the file: no seq at or above it was ever used."""
+        if self._seq_file is None:
+            return 0
+        try:
+            return int(self._seq_file.read_text().strip() or 0)
+        except (OSError, ValueError):
+            return 0
+
+    def _reserve(self, upto: int) -> None:
+        """Move the high-water mark past ``upto`` (in blocks, so the file is written rarely)."""
+        if self._seq_file is None or upto < self._reserved:
+            return
+        mark = upto + SEQ_BLOCK
+        tmp = self._seq_file.with_name(self._seq_file.name + ".tmp")
+        try:
+            with open(tmp, "w") as f:
+                f.write(f"{mark}\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self._seq_file)
+            self._reserved = mark
+        except OSError as exc:
+            if not self._seq_file_failed:
+                self._seq_file_failed = True
+                log.warning("cannot write the seq mark %s: %s (seq continuity after a lost buffer)", tmp, exc)
+
     def _open(self) -> sqlite3.Connection:
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
@@ -94,6 +200,8 @@ class Buffer:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA journal_size_limit=4194304")  # truncate the WAL back to 4 MB after checkpoints
+        # The WAL counts toward max_size: a small buffer checkpoints sooner (SQLite's default: 1000 pages).
+        conn.execute(f"PRAGMA wal_autocheckpoint={max(32, min(1000, self.max_size // 4096 // 20))}")
         conn.execute("PRAGMA busy_timeout=5000")  # `buffer stats` may read while the daemon writes
         return conn
 
@@ -133,20 +241,43 @@ class Buffer:
                 # Counter state (last good value, offsets, interval boundaries) per meter and point.
                 self.db.table("ledger").create({"meter": str, "point": str, "state": str}, pk=("meter", "point"))
                 self.conn.execute("UPDATE state SET value = 2 WHERE key = 'schema_version'")
+        if version < 3:
+            with self._tx():
+                # Drop reports are marked so that retention never drops them (schema 3).
+                self.conn.execute(
+                    f"UPDATE outbox SET quality = {EVENT_KEPT} WHERE kind = {KIND_EVENT} "
+                    """AND json_extract(extra, '$.event') = 'data_dropped'"""
+                )
+                self.conn.execute("UPDATE state SET value = 3 WHERE key = 'schema_version'")
 
     def _state(self, key: str, default: int) -> int:
         row = self.conn.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
         return int(row[0]) if row else default
 
     class _Tx:
+        """BEGIN IMMEDIATE ... COMMIT; inside a transaction already, part of that one."""
+
         def __init__(self, conn: sqlite3.Connection) -> None:
             self.conn = conn
+            self.nested = False
 
         def __enter__(self) -> None:
-            self.conn.execute("BEGIN IMMEDIATE")
+            self.nested = self.conn.in_transaction
+            if not self.nested:
+                self.conn.execute("BEGIN IMMEDIATE")
 
         def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-            self.conn.execute("COMMIT" if exc_type is None else "ROLLBACK")
+            if self.nested:
+                return
+            try:
+                if exc_type is None:
+                    self.conn.execute("COMMIT")
+            finally:
+                if self.conn.in_transaction:
+                    # A failed statement or COMMIT (a full disk): roll back; SQLite may have done it already,
+                    # and the original error is the one that matters.
+                    with contextlib.suppress(sqlite3.Error):
+                        self.conn.execute("ROLLBACK")
 
     def _tx(self) -> Buffer._Tx:
         return Buffer._Tx(self.conn)
@@ -171,9 +302,12 @@ class Buffer:
         events: list[dict[str, Any]] = (),  # type: ignore[assignment]
         intervals: list[dict[str, Any]] = (),  # type: ignore[assignment]
         ledger: dict[tuple[str, str], dict[str, Any]] | None = None,
+        *,
+        kept: bool = False,
     ) -> list[Row]:
         """Store readings, events, interval consumption and the counter state in one transaction;
-        returns the messages as rows, each with its seq."""
+        returns the messages as rows, each with its seq. ``kept``: the events are drop reports,
+        which retention never drops."""
         if not records and not events and not intervals and not ledger:
             return []
         rows: list[Row] = []
@@ -225,13 +359,13 @@ class Buffer:
                             self._meter_id(meter) if meter else None,
                             None,
                             now,
-                            0,
+                            EVENT_KEPT if kept else 0,
                             None,
                             None,
                             json.dumps(e),
                         )
                     )
-                    rows.append(Row(seq, KIND_EVENT, meter, None, now, 0, None, e))
+                    rows.append(Row(seq, KIND_EVENT, meter, None, now, EVENT_KEPT if kept else 0, None, e))
                     seq += 1
                 self.conn.executemany("INSERT INTO outbox VALUES (?,?,?,?,?,?,?,?,?)", params)
                 self.conn.execute("UPDATE state SET value = ? WHERE key = 'next_seq'", (seq,))
@@ -246,6 +380,8 @@ class Buffer:
             self._layout_names = {i: n for n, i in cache_layouts.items()}
             raise
         self.next_seq = seq
+        if seq >= self._reserved:
+            self._reserve(seq)
         return rows
 
     def _row(self, r: tuple[Any, ...]) -> Row:
@@ -295,69 +431,101 @@ class Buffer:
         return int(row[0]) if row else None
 
     def used_bytes(self) -> int:
+        """What counts toward ``max_size``: the pages in use and the WAL file beside them."""
         pages = self.conn.execute("PRAGMA page_count").fetchone()[0]
         free = self.conn.execute("PRAGMA freelist_count").fetchone()[0]
         size = self.conn.execute("PRAGMA page_size").fetchone()[0]
-        return int((pages - free) * size)
+        return int((pages - free) * size) + self._wal_bytes()
+
+    def _wal_bytes(self) -> int:
+        try:
+            return os.path.getsize(self.path + "-wal")
+        except OSError:
+            return 0
 
     def enforce_retention(self, now: float | None = None) -> list[Row]:
         """Drop what is older than max_age, then the oldest while the data exceeds max_size.
 
-        Each drop is counted and reported by an event stored in the same transaction; returns
-        those events' rows. Dropped pages go back to the file system (incremental vacuum).
+        What is dropped is named, seq by seq, by one ``data_dropped`` event stored in the same
+        file. Drop reports are never dropped themselves: a later pass replaces the reports still
+        waiting by one that covers their ranges, their own seqs and the new drops, so every seq
+        the platform never receives is named by a report that is still on its way. Returns that
+        report's row. Dropped pages go back to the file system (incremental vacuum).
         """
         now = time.time() if now is None else now
-        out: list[Row] = []
         cutoff = int((now - self.max_age) * 1000)
-        aged = [d for d in iter(lambda: self._drop_oldest(5000, cutoff), None)]
-        if aged:
-            out += self._report_drop("max_age", aged)
-        sized: list[tuple[int, int, int]] = []
+        dropped: list[tuple[int, int]] = []
+        reason = ""
+        while aged := self._drop_oldest(5000, cutoff):
+            dropped += aged
+            reason = "max_age"
+        if self.used_bytes() > self.max_size and self._wal_bytes():
+            self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         while (excess := self.used_bytes() - self.max_size) > 0:
             count = self.depth()
             if count == 0:
                 break
             n = max(100, min(count, excess // max(1, self.used_bytes() // count) + 1))
-            dropped = self._drop_oldest(n, None)
-            if dropped is None:
-                break
-            sized.append(dropped)
+            sized = self._drop_oldest(n, None)
+            if not sized:
+                break  # only drop reports are left
+            dropped += sized
+            reason = "max_size"
             self._vacuum()
-        if sized:
-            out += self._report_drop("max_size", sized)
-        if out:
-            self._vacuum()
+        if not dropped:
+            return []
+        out = self._report_drop(reason, dropped)
+        self._vacuum()
         return out
 
-    def _drop_oldest(self, n: int, older_than_ms: int | None) -> tuple[int, int, int] | None:
-        """Delete up to n oldest rows (only those before the first row not older than the cutoff,
-        if one is given); (first seq, last seq, rows deleted) or None when nothing went."""
+    _DROPPABLE = f"NOT (kind = {KIND_EVENT} AND quality = {EVENT_KEPT})"
+
+    def _drop_oldest(self, n: int, older_than_ms: int | None) -> list[tuple[int, int]]:
+        """Delete up to n oldest rows (drop reports excepted; only those before the first row not
+        older than the cutoff, if one is given); the seq ranges deleted."""
         with self._tx():
-            rows = self.conn.execute("SELECT seq, ts FROM outbox ORDER BY seq LIMIT ?", (n,)).fetchall()
+            rows = self.conn.execute(
+                f"SELECT seq, ts FROM outbox WHERE {self._DROPPABLE} ORDER BY seq LIMIT ?", (n,)
+            ).fetchall()
             if older_than_ms is not None:
                 keep = next((i for i, (_, ts) in enumerate(rows) if ts >= older_than_ms), len(rows))
                 rows = rows[:keep]
             if not rows:
-                return None
+                return []
             first, last = rows[0][0], rows[-1][0]
-            deleted = self.conn.execute("DELETE FROM outbox WHERE seq BETWEEN ? AND ?", (first, last)).rowcount
-        return first, last, deleted
+            self.conn.execute(f"DELETE FROM outbox WHERE seq BETWEEN ? AND ? AND {self._DROPPABLE}", (first, last))
+        return _ranges([r[0] for r in rows])
 
-    def _report_drop(self, reason: str, drops: list[tuple[int, int, int]]) -> list[Row]:
-        count = sum(d[2] for d in drops)
+    def _report_drop(self, reason: str, dropped: list[tuple[int, int]]) -> list[Row]:
+        count = sum(b - a + 1 for a, b in dropped)
         total = self._state("dropped_total", 0) + count
         with self._tx():
             self.conn.execute("UPDATE state SET value = ? WHERE key = 'dropped_total'", (total,))
+        # The reports still waiting are folded into this one (their seqs are named by it instead).
+        earlier = self.conn.execute(
+            f"SELECT seq, extra FROM outbox WHERE kind = {KIND_EVENT} AND quality = {EVENT_KEPT} ORDER BY seq"
+        ).fetchall()
+        spans = list(dropped)
+        for seq, extra in earlier:
+            old = json.loads(extra)
+            spans += [tuple(r) for r in old.get("ranges", [[old["first_seq"], old["last_seq"]]])]
+            spans.append((seq, seq))
+        merged = _merge(spans)
         event = {
             "event": "data_dropped",
             "reason": reason,
-            "count": count,
-            "first_seq": drops[0][0],
-            "last_seq": drops[-1][1],
+            "count": sum(b - a + 1 for a, b in merged),
+            "first_seq": merged[0][0],
+            "last_seq": merged[-1][1],
+            "ranges": [list(r) for r in merged],
             "dropped_total": total,
             "limit": self.max_age if reason == "max_age" else self.max_size,
         }
-        return self.append([], [event])
+        with self._tx():
+            rows = self.append([], [event], kept=True)
+            if earlier:
+                self.conn.executemany("DELETE FROM outbox WHERE seq = ?", [(seq,) for seq, _ in earlier])
+        return rows
 
     def _vacuum(self) -> None:
         free = self.conn.execute("PRAGMA freelist_count").fetchone()[0]
@@ -385,7 +553,68 @@ class Buffer:
         self.conn.close()
 
 
+def _ranges(seqs: list[int]) -> list[tuple[int, int]]:
+    """Ascending seqs as (first, last) runs."""
+    out: list[tuple[int, int]] = []
+    for s in seqs:
+        if out and s == out[-1][1] + 1:
+            out[-1] = (out[-1][0], s)
+        else:
+            out.append((s, s))
+    return out
+
+
+MAX_RANGES = 200  #: a drop report names at most this many runs; beyond, the closest runs are joined
+
+
+def _merge(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Sorted, joined runs. Past MAX_RANGES runs the smallest gaps are closed: the report then also
+    names seqs that were delivered (a message that arrives is always right; a named seq that never
+    arrives is explained)."""
+    out: list[tuple[int, int]] = []
+    for a, b in sorted(spans):
+        if out and a <= out[-1][1] + 1:
+            out[-1] = (out[-1][0], max(b, out[-1][1]))
+        else:
+            out.append((a, b))
+    while len(out) > MAX_RANGES:
+        i = min(range(len(out) - 1), key=lambda k: out[k + 1][0] - out[k][1])
+        out[i : i + 2] = [(out[i][0], out[i + 1][1])]
+    return out
+
+
+P = ParamSpec("P")
 T = TypeVar("T")
+SEQ_BLOCK = 100_000  #: seqs reserved per write of the high-water mark file
+
+
+class CorruptBuffer(Exception):
+    """The buffer file is not a readable SQLite database."""
+
+
+def _corrupt(exc: sqlite3.DatabaseError) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+    return "malformed" in str(exc) or "not a database" in str(exc)
+
+
+def _salvage(path: str) -> tuple[list[int] | None, int | None]:
+    """What can still be read of a corrupt buffer: its unsent seqs and its next seq."""
+    seqs: list[int] | None = None
+    next_seq: int | None = None
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    except sqlite3.Error:
+        return None, None
+    with contextlib.closing(conn):
+        with contextlib.suppress(sqlite3.Error, TypeError, ValueError):
+            next_seq = int(conn.execute("SELECT value FROM state WHERE key = 'next_seq'").fetchone()[0])
+        with contextlib.suppress(sqlite3.Error):
+            seqs = [int(r[0]) for r in conn.execute("SELECT seq FROM outbox ORDER BY seq")]
+    if seqs and next_seq is None:
+        next_seq = seqs[-1] + 1
+    return seqs, next_seq
 
 
 class AsyncBuffer:
@@ -399,15 +628,15 @@ class AsyncBuffer:
     async def open(cls, path: str, *, max_age: float, max_size: int) -> AsyncBuffer:
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="buffer")
         buf = await asyncio.get_running_loop().run_in_executor(
-            pool, lambda: Buffer(path, max_age=max_age, max_size=max_size)
+            pool, lambda: Buffer(path, max_age=max_age, max_size=max_size, recover=True)
         )
         self = cls(buf)
         self._pool.shutdown()
         self._pool = pool
         return self
 
-    async def call(self, fn: Any, *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+    async def call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
 
     async def close(self) -> None:
         await self.call(self.buffer.close)

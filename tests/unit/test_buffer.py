@@ -9,7 +9,7 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from collector.buffer import KIND_EVENT, Buffer, Record
+from collector.buffer import KIND_EVENT, Buffer, CorruptBuffer, Record, _salvage
 
 NOW = datetime(2026, 11, 27, 8, 0, tzinfo=UTC)
 
@@ -61,6 +61,7 @@ def test_a_value_costs_about_nine_bytes(tmp_path: Path) -> None:
     b = Buffer(tmp_path / "b.db")
     for _ in range(10):
         b.append([rec(f"m{i}", n=30) for i in range(200)])
+    b.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the WAL counts toward used_bytes
     assert b.used_bytes() / (2000 * 30) <= 12
 
 
@@ -75,6 +76,7 @@ def test_retention_by_age_drops_the_oldest_and_reports_it(tmp_path: Path) -> Non
         "count": 50,
         "first_seq": 1,
         "last_seq": 50,
+        "ranges": [[1, 50]],
         "dropped_total": 50,
         "limit": 3600,
     }
@@ -112,3 +114,80 @@ def test_a_commit_survives_sigkill(tmp_path: Path) -> None:
     subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).parents[2], check=False)
     b = Buffer(tmp_path / "k.db")
     assert b.depth() == 100 and b.integrity() == "ok" and b.next_seq == 101
+
+
+def test_every_dropped_seq_stays_named_through_a_long_outage(tmp_path: Path) -> None:
+    """Retention passes one after another, drop reports never dropped: whatever the platform will
+    never receive is named by a report that is still in the buffer, and there is one report."""
+    b = Buffer(tmp_path / "b.db", max_size=1_000_000)
+    for _ in range(30):
+        b.append([rec(f"m{i}", n=30) for i in range(200)])
+        b.enforce_retention(now=NOW.timestamp())
+    assert b.used_bytes() <= 1_000_000
+    rows = list(b.rows())
+    reports = [r for r in rows if r.extra and r.extra.get("event") == "data_dropped"]
+    assert len(reports) == 1
+    named = {s for a, z in reports[0].extra["ranges"] for s in range(a, z + 1)}  # type: ignore[index]
+    present = {r.seq for r in rows}
+    assert present | named == set(range(1, b.next_seq)) and not present & named
+    assert reports[0].extra["count"] == len(named)  # type: ignore[index]
+
+
+def test_delivered_rows_between_drops_are_not_named(tmp_path: Path) -> None:
+    b = Buffer(tmp_path / "b.db", max_age=3600)
+    b.append([rec(age=timedelta(hours=2)) for _ in range(10)])  # 1..10
+    b.enforce_retention(now=NOW.timestamp())  # report 11
+    b.append([rec() for _ in range(5)])  # 12..16, delivered
+    b.delete([12, 13, 14, 15, 16])
+    b.append([rec(age=timedelta(hours=2)) for _ in range(3)])  # 17..19
+    events = b.enforce_retention(now=NOW.timestamp())  # report 20 replaces 11
+    assert events[0].extra is not None and events[0].extra["ranges"] == [[1, 11], [17, 19]]
+    assert [r.seq for r in b.rows()] == [20]
+
+
+def test_a_failed_commit_leaves_the_buffer_usable(tmp_path: Path) -> None:
+    b = Buffer(tmp_path / "b.db")
+    b.append([rec()])
+    b.conn.execute("CREATE TRIGGER no BEFORE INSERT ON outbox WHEN NEW.seq = 2 BEGIN SELECT RAISE(ABORT, 'x'); END")
+    try:
+        b.append([rec()])
+    except sqlite3.IntegrityError:
+        pass
+    assert not b.conn.in_transaction and b.next_seq == 2
+    b.conn.execute("DROP TRIGGER no")
+    assert [r.seq for r in b.append([rec()])] == [2]
+
+
+def test_a_corrupt_buffer_is_moved_aside_and_seq_goes_on(tmp_path: Path) -> None:
+    path = tmp_path / "b.db"
+    b = Buffer(path)
+    b.append([rec() for _ in range(10)])
+    b.delete([1, 2, 3])
+    b.close()
+    path.write_bytes(b"this is no longer a database" * 200)
+    try:
+        Buffer(path)  # `buffer stats` and the like: refuse, do not touch it
+        raise AssertionError("a corrupt buffer was opened")
+    except CorruptBuffer as exc:
+        assert "moves it aside" in str(exc)
+    b = Buffer(path, recover=True)
+    aside = list(tmp_path.glob("b.db.corrupt-*"))
+    assert len(aside) == 1 and aside[0].read_bytes().startswith(b"this is no longer")
+    rows = list(b.rows())
+    assert len(rows) == 1 and rows[0].extra is not None
+    report = rows[0].extra
+    assert report["event"] == "data_dropped" and report["reason"] == "buffer_corrupt"
+    # Nothing could be read of the old file: every seq below the new file's first is named.
+    assert report["first_seq"] is None and report["last_seq"] == rows[0].seq - 1 >= 10
+    assert b.append([rec()])[0].seq == rows[0].seq + 1
+
+
+def test_salvage_reads_the_unsent_seqs_of_a_file(tmp_path: Path) -> None:
+    path = tmp_path / "b.db"
+    b = Buffer(path)
+    b.append([rec() for _ in range(10)])
+    b.delete([1, 2, 3])
+    b.close()
+    assert _salvage(str(path)) == (list(range(4, 11)), 11)
+    path.write_bytes(b"x" * 8192)
+    assert _salvage(str(path)) == (None, None)
