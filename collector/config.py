@@ -1,14 +1,23 @@
-"""Site config: YAML -> validated, frozen settings (DESIGN.md §4). No I/O beyond reading files.
+"""Site config: YAML -> validated, frozen settings (DESIGN.md §4). No I/O beyond reading files (and,
+with ``check_files``, looking at the files and folders it names).
 
 Everything is checked before anything starts, every problem is reported at once with file:line and
 the field's path, and a name that is almost right gets a "did you mean". Then a second pass checks
 rules across items: a meter on an unknown bus, a duplicate id, two meters with one address on one
-bus. Unknown keys are errors: a typo must not pass silently.
+bus, two buses on one serial device. Unknown keys are errors: a typo must not pass silently.
+
+With ``check_files`` (the default) the config is also checked against this machine, as the user
+running the check, so that `check` refuses what `run` could not live with: the files named under
+mqtt exist and are readable, and the storage file can be created and written. Nothing is created
+or changed. Relative paths (files, storage, site models) are relative to the config file's folder.
 """
 
 from __future__ import annotations
 
+import errno
+import os
 import re
+import stat
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -24,6 +33,7 @@ from drivers.source import (
     Node,
     ProblemsError,
     Sink,
+    control_character,
     duration_field,
     items,
     load_file,
@@ -31,7 +41,7 @@ from drivers.source import (
     suggest,
 )
 
-ID = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
+ID = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?")  #: use with fullmatch (``$`` would let a final newline in)
 BUS_TYPES = ("rtu", "tcp", "rtu-over-tcp", "dlt645", "cjt188")
 SERIAL_TYPES = ("rtu", "dlt645", "cjt188")
 #: which model protocols each bus type carries
@@ -173,6 +183,8 @@ class Config:
     clock: Clock = Clock()
     consumption_interval: float = 900.0  #: seconds: the interval consumption is published for
     categories: dict[str, str] = field(default_factory=dict)  #: code -> name (national table + the site's)
+    #: located, like problems (``file:line path: message``): worth telling, not refused
+    warnings: list[str] = field(default_factory=list)
 
     def meter(self, meter_id: str) -> Meter:
         for m in self.meters:
@@ -181,24 +193,31 @@ class Config:
         raise KeyError(meter_id)
 
 
-def load_config(path: str | Path) -> Config:
-    """Load and validate a site config; raises drivers.source.ProblemsError listing every problem."""
+def load_config(path: str | Path, *, check_files: bool = True) -> Config:
+    """Load and validate a site config; raises drivers.source.ProblemsError listing every problem.
+
+    ``check_files``: also check, as this user, that the files under mqtt can be read and that the
+    storage file can be created and written (what `check`, `run` and a reload need). False for
+    commands that use neither (`read`) or only read the buffer, and for checking a config meant for
+    another machine.
+    """
     path = Path(path)
     root = load_file(path)
     sink = Sink(str(path))
-    config = _build(root, path, sink)
+    config = _build(root, path, sink, check_files)
     sink.raise_if_any()
     assert config is not None
     return config
 
 
-def _build(root: Node, path: Path, sink: Sink) -> Config | None:
+def _build(root: Node, path: Path, sink: Sink, check_files: bool = True) -> Config | None:
     top = Fields(root, "", sink)
     if not top.ok:
         return None
+    here = Path(os.path.abspath(path)).parent  #: what relative file and storage paths are relative to
     gateway = _gateway(top, sink, root)
-    storage = _storage(top, sink, root)
-    mqtt = _mqtt(top.raw("mqtt"), sink, gateway.id)
+    storage = _storage(top, sink, root, here, check_files)
+    mqtt = _mqtt(top.raw("mqtt"), sink, gateway.id, here, check_files)
     cf = _section(top, "clock", root)
     clock = Clock(
         sync_check=cf.choice("sync_check", ("kernel", "none"), "kernel"),
@@ -222,6 +241,7 @@ def _build(root: Node, path: Path, sink: Sink) -> Config | None:
             else:
                 categories[code] = name
     buses: dict[str, Bus] = {}
+    devices: dict[str, tuple[Bus, str]] = {}  #: serial device (as written, and resolved) -> bus, as written
     for where, node in items(top.raw("buses"), "buses", sink):
         bus = _bus(node, where, sink)
         if bus is None:
@@ -232,6 +252,8 @@ def _build(root: Node, path: Path, sink: Sink) -> Config | None:
             )
             continue
         buses[bus.name] = bus
+        if bus.serial and bus.device.startswith("/"):
+            _one_bus_per_device(bus, node, where, devices, sink)
     meters: list[Meter] = []
     seen: dict[str, int] = {}
     for where, node in items(top.raw("meters"), "meters", sink):
@@ -247,7 +269,8 @@ def _build(root: Node, path: Path, sink: Sink) -> Config | None:
     if not meters and top.has("meters") is False:
         sink.add(root.line, "meters", "is required: a list of the meters to read")
     _across(meters, buses, sink)
-    return Config(str(path), gateway, storage, mqtt, buses, tuple(meters), clock, consumption, categories)
+    warnings = [str(w) for w in sorted(sink.warnings, key=lambda p: (p.line, p.path))]
+    return Config(str(path), gateway, storage, mqtt, buses, tuple(meters), clock, consumption, categories, warnings)
 
 
 def _section(top: Fields, key: str, root: Node) -> Fields:
@@ -258,17 +281,28 @@ def _section(top: Fields, key: str, root: Node) -> Fields:
 def _gateway(top: Fields, sink: Sink, root: Node) -> Gateway:
     f = _section(top, "gateway", root)
     gid = f.get("id", str, "gateway", required=True)
-    if not ID.match(gid):
+    if control_character(gid):
+        f.problem("id", f"must not contain control characters ({control_character(gid)})")
+    elif not ID.fullmatch(gid):
         f.problem("id", f'"{gid}" must be lower case letters, digits and - (it appears in every topic)')
-    site = f.get("site", str, "")
-    building = f.get("building", str, "")
+    site = f.text("site", "")
+    building = f.text("building", "")
     f.done()
     return Gateway(gid, site, building)
 
 
-def _storage(top: Fields, sink: Sink, root: Node) -> Storage:
+def _storage(top: Fields, sink: Sink, root: Node, base: Path, check_files: bool) -> Storage:
     f = _section(top, "storage", root)
-    spath = f.get("path", str, DEFAULT_BUFFER)
+    written = f.text("path", DEFAULT_BUFFER)
+    if not written:
+        f.problem("path", "must name the buffer file, e.g. /var/lib/meter-collector/buffer.db")
+        written = DEFAULT_BUFFER
+    spath = _resolve(written, base)
+    if check_files and spath != ":memory:":
+        problem = _storage_problem(Path(spath))
+        if problem:
+            default = "" if f.has("path") else " (the default, as storage.path is not set)"
+            f.problem("path", _located(written, spath, problem) + default)
     max_age = duration_field(f, "max_age", DEFAULT_MAX_AGE, low=3600, high=3650 * DAY) or DEFAULT_MAX_AGE
     max_size = DEFAULT_MAX_SIZE
     node = f.raw("max_size")
@@ -284,11 +318,11 @@ def _storage(top: Fields, sink: Sink, root: Node) -> Storage:
     return Storage(spath, max_age, max_size)
 
 
-def _mqtt(node: Node | None, sink: Sink, gateway_id: str) -> Mqtt | None:
+def _mqtt(node: Node | None, sink: Sink, gateway_id: str, base: Path, check_files: bool) -> Mqtt | None:
     if node is None:
         return None
     f = Fields(node, "mqtt", sink)
-    url = f.get("url", str, "", required=True)
+    url = f.text("url", "", required=True)
     host, port, tls = "", 1883, False
     if url:
         parts = urlsplit(url)
@@ -299,10 +333,15 @@ def _mqtt(node: Node | None, sink: Sink, gateway_id: str) -> Mqtt | None:
         else:
             tls = parts.scheme == "mqtts"
             host = parts.hostname
+            default_port = 8883 if tls else 1883
             try:
-                port = parts.port or (8883 if tls else 1883)
+                given = parts.port
             except ValueError:
                 f.problem("url", f'"{url}" has a bad port')
+            else:
+                if given == 0:
+                    f.problem("url", f'"{url}" has port 0; leave the port out for the default ({default_port})')
+                port = given or default_port
             if parts.password:
                 f.problem("url", "must not contain a password; use password_file or MC_MQTT_PASSWORD")
     if f.has("password"):
@@ -312,18 +351,19 @@ def _mqtt(node: Node | None, sink: Sink, gateway_id: str) -> Mqtt | None:
             "inline passwords end up in backups and logs; "
             "use password_file or the MC_MQTT_PASSWORD environment variable",
         )
+    files = {key: _file(f, key, base, check_files) for key in ("password_file", "ca_file", "cert_file", "key_file")}
     m = Mqtt(
         url=url,
         host=host,
         port=port,
         tls=tls,
-        client_id=f.get("client_id", str, gateway_id),
-        username=f.get("username", str),
-        password_file=f.get("password_file", str),
-        ca_file=f.get("ca_file", str),
-        cert_file=f.get("cert_file", str),
-        key_file=f.get("key_file", str),
-        topic_prefix=f.get("topic_prefix", str, "meters"),
+        client_id=f.text("client_id", gateway_id),
+        username=f.text("username"),
+        password_file=files["password_file"],
+        ca_file=files["ca_file"],
+        cert_file=files["cert_file"],
+        key_file=files["key_file"],
+        topic_prefix=f.text("topic_prefix", "meters"),
         protocol=str(f.choice("protocol", ("5", "3.1.1"), "5")),
         keepalive=duration_field(f, "keepalive", 60.0, low=5, high=3600) or 60.0,
         max_inflight=f.get("max_inflight", int, 100),
@@ -337,17 +377,184 @@ def _mqtt(node: Node | None, sink: Sink, gateway_id: str) -> Mqtt | None:
         f.problem(
             "cert_file" if m.cert_file is None else "key_file", "a client certificate needs both cert_file and key_file"
         )
+    if url and host and not tls:
+        for key in ("ca_file", "cert_file", "key_file"):
+            if files[key] is not None:
+                f.warn(key, "is not used: the url is mqtt:// (no TLS); TLS needs mqtts://")
+    if check_files and m.password_file:
+        _private(f, "password_file", m.password_file)
     f.done()
     return m
+
+
+def _resolve(written: str, base: Path) -> str:
+    """A path from the config: a relative one is relative to the config file's folder, as for models.
+
+    (The daemon runs from /, `check` from anywhere: relative to the working directory, one path
+    would name two files.)
+    """
+    if not written or written == ":memory:" or os.path.isabs(written):
+        return written
+    return str(base / written)
+
+
+def _located(written: str, resolved: str, problem: str) -> str:
+    """``ca.pem does not exist (that is /etc/meter-collector/ca.pem)``: a relative path, resolved."""
+    return f"{written} {problem}" if written == resolved else f"{written} {problem} (that is {resolved})"
+
+
+def _file(f: Fields, key: str, base: Path, check_files: bool) -> str | None:
+    """A file the daemon reads (password, CA, client certificate and key): resolved, and readable."""
+    written: str | None = f.text(key)
+    if written is None:
+        return None
+    if not written:
+        if key != "password_file":  # an empty password_file means "none": MC_MQTT_PASSWORD
+            f.problem(key, "is empty; name a file or leave the key out")
+            return None
+        return written
+    resolved = _resolve(written, base)
+    if check_files:
+        problem = _file_problem(resolved)
+        if problem:
+            f.problem(key, _located(written, resolved, problem))
+    return resolved
+
+
+def _file_problem(path: str) -> str:
+    """Why the daemon could not read the file at path, as this user; "" when it could."""
+    try:
+        st = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return "does not exist"
+    except OSError as exc:
+        return f"cannot be reached ({exc.strerror})"
+    if stat.S_ISDIR(st.st_mode):
+        return "is a directory, not a file"
+    if not os.access(path, os.R_OK):
+        return f"is not readable ({os.strerror(errno.EACCES)})"
+    return ""
+
+
+def _private(f: Fields, key: str, path: str) -> None:
+    """A secret others can read is worth a warning, not a refusal.
+
+    Readable by its group is the documented setup (root:meter-collector 0640, docs/operations.md):
+    warned only when the group lets more than one user besides the owner read it.
+    """
+    try:
+        st = os.stat(path)
+    except OSError:
+        return
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & 0o004:
+        f.warn(key, f"{path} can be read by every user on this machine (mode {mode:04o}); chmod 600 or 640 it")
+    elif mode & 0o040:
+        group, readers = _group_readers(st.st_gid, st.st_uid)
+        if len(readers) > 1:
+            f.warn(
+                key,
+                f"{path} can be read by group {group}: {', '.join(sorted(readers))} (mode {mode:04o}); "
+                "give it a group only the daemon's user is in, or chmod 600 it",
+            )
+
+
+def _group_readers(gid: int, owner: int) -> tuple[str, set[str]]:
+    """The group's name and its users (members, and users it is the primary group of) but the owner."""
+    try:
+        import grp
+        import pwd
+
+        group = grp.getgrgid(gid)
+        users = set(group.gr_mem) | {u.pw_name for u in pwd.getpwall() if u.pw_gid == gid}
+        users -= {u.pw_name for u in pwd.getpwall() if u.pw_uid == owner}
+        return group.gr_name, users
+    except (ImportError, KeyError):
+        return str(gid), set()
+
+
+def _storage_problem(path: Path) -> str:
+    """Why the daemon could not create and write the SQLite file at path, as this user; "" when it could.
+
+    Nothing is created: the first existing ancestor must be a folder this user can write into
+    (SQLite also writes -wal and -shm files beside the database).
+    """
+    try:
+        st = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        pass
+    except OSError as exc:
+        return f"cannot be reached ({exc.strerror})"
+    else:
+        if stat.S_ISDIR(st.st_mode):
+            return f"is a directory; name the buffer file, e.g. {path / 'buffer.db'}"
+        if not os.access(path, os.R_OK | os.W_OK):
+            return f"is not writable ({os.strerror(errno.EACCES)})"
+    ancestor = path.parent
+    while True:
+        try:
+            st = os.stat(ancestor)
+            break
+        except (FileNotFoundError, NotADirectoryError):
+            if ancestor.parent == ancestor:
+                return "cannot be created: no folder above it exists"
+            ancestor = ancestor.parent
+        except OSError as exc:
+            return f"cannot be created: {ancestor}: {exc.strerror}"
+    if not stat.S_ISDIR(st.st_mode):
+        return f"cannot be created: {ancestor} is a file, not a folder"
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        what = "cannot be written" if ancestor == path.parent else "cannot be created"
+        return f"{what}: user {_user()} cannot write in {ancestor}"
+    return ""
+
+
+def _user() -> str:
+    try:
+        import pwd
+
+        return pwd.getpwuid(os.getuid()).pw_name
+    except (ImportError, KeyError):
+        return str(os.getuid())
+
+
+def _one_bus_per_device(bus: Bus, node: Node, where: str, devices: dict[str, tuple[Bus, str]], sink: Sink) -> None:
+    """Two buses on one serial device would fight over it (the port is opened exclusively).
+
+    Compared as written and with symlinks resolved (/dev/serial/by-id/... -> /dev/ttyUSB0). A device
+    that does not exist is no problem here: USB adapters come and go.
+    """
+    real = os.path.realpath(bus.device)
+    first = devices.get(bus.device) or devices.get(real)
+    port = node.value.get("port") if isinstance(node.value, dict) else None
+    line = port.line if isinstance(port, Node) else node.line
+    if first is not None:
+        other, other_device = first
+        owner = f'bus "{other.name}" (line {other.line})'
+        if other_device == bus.device:
+            message = f"{bus.device} is already the port of {owner}"
+        else:
+            message = f"{bus.device} is the same device as {other_device}, the port of {owner}"
+        sink.add(line, f"{where}.port", message, bus.name)
+        return
+    devices.setdefault(bus.device, (bus, bus.device))
+    devices.setdefault(real, (bus, bus.device))
 
 
 def _identity(f: Fields, key: str) -> str:
     """An item's name ([a-z0-9-]), which also labels every message about the item."""
     value: str = f.get(key, str, "", required=True)
-    f.label = value
-    if value and not ID.match(value):
+    f.label = _printable(value)
+    if control_character(value):
+        f.problem(key, f"must not contain control characters ({control_character(value)})")
+    elif value and not ID.fullmatch(value):
         f.problem(key, f'"{value}" must be lower case letters, digits and -')
     return value
+
+
+def _printable(text: str) -> str:
+    """text with control characters written as \\xNN, for messages and labels."""
+    return "".join(f"\\x{ord(c):02x}" if control_character(c) else c for c in text)
 
 
 def _bus(node: Node, where: str, sink: Sink) -> Bus | None:
@@ -358,7 +565,7 @@ def _bus(node: Node, where: str, sink: Sink) -> Bus | None:
     btype = f.choice("type", BUS_TYPES, None, required=True)
     kw: dict[str, Any] = {}
     if btype in SERIAL_TYPES:
-        kw["device"] = f.get("port", str, "", required=True)
+        kw["device"] = f.text("port", "", required=True)
         if kw["device"] and not kw["device"].startswith("/"):
             f.problem("port", f'"{kw["device"]}" must be a device path such as /dev/ttyUSB0')
         default_baud, default_parity = SERIAL_DEFAULTS[btype]
@@ -374,7 +581,7 @@ def _bus(node: Node, where: str, sink: Sink) -> Bus | None:
         if kw["bytesize"] not in (7, 8):
             f.problem("bytesize", f"{kw['bytesize']} must be 7 or 8")
     elif btype in ("tcp", "rtu-over-tcp"):
-        kw["host"] = f.get("host", str, "", required=True)
+        kw["host"] = f.text("host", "", required=True)
         port = f.get("port", int, 502)
         if not 1 <= port <= 65535:
             f.problem("port", f"{port} is outside 1..65535")
@@ -404,13 +611,13 @@ def _meter(
     if not f.ok:
         return None
     mid = _identity(f, "id")
-    bus = f.get("bus", str, "", required=True)
+    bus = f.text("bus", "", required=True)
     if bus and bus not in buses:
         known = ", ".join(sorted(buses)) or "none defined"
         f.problem("bus", f'unknown bus "{bus}"{suggest(bus, buses.keys())} (buses: {known})')
     btype = buses[bus].type if bus in buses else None
     address = _address(f, btype)
-    model_ref = f.get("model", str, "", required=True)
+    model_ref = f.text("model", "", required=True)
     model = _model(f, model_ref, base, sink)
     if model is not None and btype is not None and model.protocol not in BUS_PROTOCOLS[btype]:
         f.problem(
@@ -502,6 +709,9 @@ def _points(f: Fields, model: Model | None) -> tuple[str, ...]:
     names = node.plain()
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         f.problem("points", "must be a list of point names, e.g. [energy_import, active_power]")
+        return default
+    if not names:
+        f.problem("points", "must list at least one point; leave it out to read every point")
         return default
     if model is None:
         return tuple(names)

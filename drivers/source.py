@@ -71,14 +71,60 @@ class Node:
         return self.value
 
 
+#: Limits on what a YAML file may hold. A real site config is a few thousand values nested six deep;
+#: past these limits it is a mistake or an attack ("billion laughs": aliases expanding exponentially),
+#: refused as a located problem in well under a second instead of a hang or a RecursionError.
+MAX_DEPTH = 64
+MAX_NODES = 100_000
+
+
+class _TooDeep(yaml.MarkedYAMLError):
+    """Nesting beyond MAX_DEPTH, found while composing (before any node is expanded)."""
+
+
 class _Loader(yaml.SafeLoader):
-    pass
+    depth = 0
+
+    def fetch_flow_collection_start(self, TokenClass: Any) -> None:
+        # Refused by the scanner already: else it looks 1024 characters ahead for each "[" or "{"
+        # that could start a key, which costs about half a second before the composer sees depth 65.
+        if self.flow_level >= MAX_DEPTH:
+            raise _TooDeep(problem=f"nested more than {MAX_DEPTH} levels deep", problem_mark=self.get_mark())
+        super().fetch_flow_collection_start(TokenClass)
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        self.depth += 1
+        try:
+            if self.depth > MAX_DEPTH:
+                event = self.peek_event()  # type: ignore[no-untyped-call]
+                raise _TooDeep(problem=f"nested more than {MAX_DEPTH} levels deep", problem_mark=event.start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+
+class _Limit(Exception):
+    """Expanding the composed nodes went past a limit; ``line`` is where."""
+
+    def __init__(self, line: int, message: str) -> None:
+        super().__init__(message)
+        self.line = line
+        self.message = message
 
 
 def parse(text: str, file: str) -> Node:
-    """Parse YAML into located nodes; a syntax error or a duplicate key becomes a ProblemsError."""
+    """Parse YAML into located nodes; a syntax error or a duplicate key becomes a ProblemsError.
+
+    Nesting deeper than MAX_DEPTH and more than MAX_NODES values (counting every use of an alias)
+    are problems too: the same parser reads the site config and every meter model.
+    """
     try:
         root = yaml.compose(text, Loader=_Loader)
+    except _TooDeep as exc:
+        line = exc.problem_mark.line + 1 if exc.problem_mark else 0
+        raise ProblemsError(file, [Problem(file, line, "", f"YAML: {exc.problem}")]) from None
+    except RecursionError:
+        raise ProblemsError(file, [Problem(file, 0, "", "YAML: nested too deeply")]) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else 0
@@ -91,8 +137,13 @@ def parse(text: str, file: str) -> Node:
     if root is None:
         return Node({}, 1)
     problems: list[Problem] = []
-    loader = _Loader("")
-    node = _convert(root, loader, file, problems)
+    converter = _Converter(_Loader(""), file, problems)
+    try:
+        node = converter.convert(root, 1)
+    except _Limit as exc:
+        raise ProblemsError(file, [Problem(file, exc.line, "", f"YAML: {exc.message}")]) from None
+    except RecursionError:
+        raise ProblemsError(file, [Problem(file, 0, "", "YAML: nested too deeply")]) from None
     if problems:
         raise ProblemsError(file, problems)
     return node
@@ -108,25 +159,64 @@ def load_file(path: Path) -> Node:
     return parse(text, str(path))
 
 
-def _convert(node: yaml.Node, loader: _Loader, file: str, problems: list[Problem]) -> Node:
-    line = node.start_mark.line + 1
-    if isinstance(node, yaml.MappingNode):
-        out: dict[str, Node] = {}
-        key_lines: dict[str, int] = {}
-        for key_node, value_node in node.value:
-            key = loader.construct_object(key_node)
-            kline = key_node.start_mark.line + 1
-            if not isinstance(key, str):
-                key = str(key)
-            if key in out:
-                problems.append(Problem(file, kline, key, f"duplicate key (first on line {key_lines[key]})"))
-                continue
-            out[key] = _convert(value_node, loader, file, problems)
-            key_lines[key] = kline
-        return Node(out, line, key_lines)
-    if isinstance(node, yaml.SequenceNode):
-        return Node([_convert(n, loader, file, problems) for n in node.value], line)
-    return Node(loader.construct_object(node), line)
+class _Converter:
+    """Composed YAML nodes -> located Nodes, counting values and depth as aliases are expanded.
+
+    ``yaml.compose`` shares the node an alias points to, so composing is linear; expanding is not
+    (nine levels of ten aliases are a billion values), and an anchor can even contain its own alias.
+    """
+
+    def __init__(self, loader: _Loader, file: str, problems: list[Problem]) -> None:
+        self.loader = loader
+        self.file = file
+        self.problems = problems
+        self.count = 0
+
+    def convert(self, node: yaml.Node, depth: int) -> Node:
+        line = node.start_mark.line + 1
+        self.count += 1
+        if self.count > MAX_NODES:
+            raise _Limit(line, f"more than {MAX_NODES} values (counting every use of an alias): not a config file")
+        if depth > MAX_DEPTH:
+            raise _Limit(line, f"nested more than {MAX_DEPTH} levels deep (counting every use of an alias)")
+        if isinstance(node, yaml.MappingNode):
+            out: dict[str, Node] = {}
+            key_lines: dict[str, int] = {}
+            for key_node, value_node in node.value:
+                kline = key_node.start_mark.line + 1
+                if not isinstance(key_node, yaml.ScalarNode):  # str() of an aliased list can be exponential
+                    self.problems.append(
+                        Problem(self.file, kline, "", "YAML: a key must be a name, not a list or mapping")
+                    )
+                    continue
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    self.problems.append(Problem(self.file, kline, "", "YAML: merge keys (<<) are not supported"))
+                    continue
+                key = self.scalar(key_node)
+                if not isinstance(key, str):
+                    key = str(key)
+                if key in out:
+                    self.problems.append(
+                        Problem(self.file, kline, key, f"duplicate key (first on line {key_lines[key]})")
+                    )
+                    continue
+                out[key] = self.convert(value_node, depth + 1)
+                key_lines[key] = kline
+            return Node(out, line, key_lines)
+        if isinstance(node, yaml.SequenceNode):
+            return Node([self.convert(n, depth + 1) for n in node.value], line)
+        return Node(self.scalar(node), line)
+
+    def scalar(self, node: yaml.Node) -> Any:
+        """The value of a scalar; a bad tag or a value its tag refuses (``!!int x``) is a problem."""
+        try:
+            return self.loader.construct_object(node)
+        except yaml.MarkedYAMLError as exc:
+            message = str(exc.problem or exc.context)
+        except (yaml.YAMLError, ValueError, TypeError) as exc:
+            message = str(exc) or type(exc).__name__
+        self.problems.append(Problem(self.file, node.start_mark.line + 1, "", f"YAML: {message}"))
+        return None
 
 
 def suggest(word: str, choices: Iterable[str]) -> str:
@@ -180,7 +270,7 @@ class Fields:
         if isinstance(value, bool) and bool not in kinds:
             value_ok = False
         elif float in kinds and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
+            value = float(value) if abs(value) < 2**1024 else math.inf  # float() would raise OverflowError
             value_ok = True
         else:
             value_ok = isinstance(value, kinds)
@@ -189,7 +279,23 @@ class Fields:
             hint = "; quote it" if str in kinds and isinstance(value, int | float) else ""
             self.sink.add(node.line, self.sub(key), f"must be {names}, not {describe(value)}{hint}", self.label)
             return default
+        if isinstance(value, float) and not math.isfinite(value):  # YAML .nan, .inf, -.inf
+            self.sink.add(node.line, self.sub(key), f"must be a finite number, not {value}", self.label)
+            return default
         return value
+
+    def text(self, key: str, default: Any = None, *, required: bool = False) -> Any:
+        """A string field that must hold no control characters (NUL, newline, tab, ESC, DEL...)."""
+        value = self.get(key, str, default, required=required)
+        if isinstance(value, str) and self.has(key):  # a default is the program's, checked where it comes from
+            found = control_character(value)
+            if found:
+                self.problem(key, f"must not contain control characters ({found})")
+                return default
+        return value
+
+    def warn(self, key: str, message: str) -> None:
+        self.sink.warn(self.line(key), self.sub(key), message, self.label)
 
     def choice(self, key: str, choices: tuple[str, ...], default: str | None = None, *, required: bool = False) -> Any:
         value = self.get(key, str, None, required=required)
@@ -210,14 +316,18 @@ class Fields:
 
 
 class Sink:
-    """Collects the problems of one file."""
+    """Collects the problems of one file, and its warnings: worth saying, but not refused."""
 
     def __init__(self, file: str) -> None:
         self.file = file
         self.problems: list[Problem] = []
+        self.warnings: list[Problem] = []
 
     def add(self, line: int, path: str, message: str, label: str = "") -> None:
         self.problems.append(Problem(self.file, line, path, message, label))
+
+    def warn(self, line: int, path: str, message: str, label: str = "") -> None:
+        self.warnings.append(Problem(self.file, line, path, message, label))
 
     def raise_if_any(self) -> None:
         if self.problems:
@@ -246,6 +356,14 @@ def describe(value: Any) -> str:
     if isinstance(value, int | float):
         return f"{value} (a number)"
     return f'"{value}" (a string)'
+
+
+def control_character(text: str) -> str:
+    """The first control character in text (C0, DEL) as ``\\x00 at position 6``, or ""."""
+    for i, c in enumerate(text):
+        if ord(c) < 0x20 or ord(c) == 0x7F:
+            return f"\\x{ord(c):02x} at position {i + 1}"
+    return ""
 
 
 def items(node: Node | None, path: str, sink: Sink) -> Iterator[tuple[str, Node]]:
