@@ -456,7 +456,8 @@ class Buffer:
         cutoff = int((now - self.max_age) * 1000)
         dropped: list[tuple[int, int]] = []
         reason = ""
-        while aged := self._drop_oldest(5000, cutoff):
+        first = self.conn.execute(f"SELECT ts FROM outbox WHERE {self._DROPPABLE} ORDER BY seq LIMIT 1").fetchone()
+        while first is not None and first[0] < cutoff and (aged := self._drop_oldest(5000, cutoff)):
             dropped += aged
             reason = "max_age"
         if self.used_bytes() > self.max_size and self._wal_bytes():

@@ -11,29 +11,40 @@ an invalid one is logged and ignored; a valid one restarts the pipeline in the s
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import errno
 import logging
+import os
+import shutil
 import signal
+import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
 from collector import clock, payloads, systemd
-from collector.buffer import AsyncBuffer, Record, Row
+from collector.buffer import AsyncBuffer, CorruptBuffer, Record, Row
 from collector.bus import BusWorker
 from collector.calibration import Reading
 from collector.config import Config, load_config
 from collector.counters import Ledger
 from collector.health import Health
-from collector.publisher import Publisher, SecretError, read_password
+from collector.publisher import Publisher
 from collector.scheduler import Poller
+from collector.supervisor import Supervisor
 from drivers.source import ProblemsError
 
 log = logging.getLogger("collector.daemon")
 
 WRITE_LINGER = 0.05  #: seconds to gather readings into one transaction
-RETENTION_PERIOD = 60.0
+QUEUE_MAX = 10_000  #: messages waiting for the buffer (a disk-full episode); then the oldest are dropped
+BATCH_MAX = 5_000  #: messages in one transaction at most
+WRITE_RETRY_CAP = 10.0  #: seconds between attempts to write a failing buffer, at most
+RETENTION_PERIOD = 5.0  #: seconds between retention checks (cheap when nothing is over a limit)
+STATUS_PERIOD = 5.0  #: seconds between checks of systemd's status line
 DRAIN_ON_STOP = 3.0  #: seconds MQTT gets to deliver on SIGTERM
 STOP_POLLS = 5.0  #: seconds running polls get to finish on SIGTERM
 
@@ -42,21 +53,46 @@ class Interval(dict[str, Any]):
     """An interval-consumption record waiting in the writer's queue."""
 
 
+Item = Record | dict[str, Any]  #: a reading, an interval (Interval) or an event, waiting to be stored
+
+
 class Writer:
     """Gathers readings and events; checks counters; stores each batch in one transaction (readings,
-    events, interval consumption and the counter state together); hands the rows to MQTT."""
+    events, interval consumption and the counter state together); hands the rows to MQTT.
 
-    def __init__(self, buffer: AsyncBuffer, offer: Any, sync_check: str, config: Config, ledger: Ledger) -> None:
+    The queue in front of SQLite is bounded. While the buffer cannot be written (a full disk, an I/O
+    error) readings wait there and the write is retried with backoff; when the queue is full the
+    oldest waiting readings are dropped, counted, and reported by a ``readings_not_stored`` event
+    once storage works again. Polling never waits for the writer.
+    """
+
+    def __init__(
+        self,
+        buffer: AsyncBuffer,
+        offer: Callable[[list[Row]], None],
+        sync_check: str,
+        config: Config,
+        ledger: Ledger,
+        *,
+        queue_max: int = QUEUE_MAX,
+    ) -> None:
         self.buffer = buffer
         self.offer = offer
         self.sync_check = sync_check
         self.meters = {m.id: m for m in config.meters}
+        self.path = config.storage.path
         self.ledger = ledger
+        self.queue_max = queue_max
         self._dirty: dict[tuple[str, str], dict[str, Any]] = {}
-        self.queue: asyncio.Queue[Record | dict[str, Any]] = asyncio.Queue()
+        self.queue: collections.deque[Item] = collections.deque()
+        self._wake = asyncio.Event()
         self.stored = 0
         self._synced = True
         self._synced_at = -1e9
+        self.failing_since: float | None = None  #: wall clock: the first failed write of this episode
+        self.last_error = ""
+        self.not_stored = 0  #: readings dropped from the full queue since the daemon started
+        self._lost: dict[str, Any] | None = None  #: what was dropped in this episode, not yet reported
 
     def synced(self) -> bool:
         now = time.monotonic()
@@ -64,11 +100,31 @@ class Writer:
             self._synced, self._synced_at = clock.synchronised(self.sync_check), now
         return self._synced
 
+    def _put(self, item: Item) -> None:
+        if len(self.queue) >= self.queue_max:
+            self._drop(self.queue.popleft())
+        self.queue.append(item)
+        self._wake.set()
+
+    def _drop(self, item: Item) -> None:
+        lost = self._lost
+        if lost is None:
+            lost = self._lost = {"event": "readings_not_stored", "count": 0, "meters": {}}
+        lost["count"] += 1
+        meter = item.meter if isinstance(item, Record) else item.get("meter")
+        if meter:
+            lost["meters"][meter] = lost["meters"].get(meter, 0) + 1
+        if isinstance(item, Record):
+            slot = item.slot.isoformat().replace("+00:00", "Z")
+            lost.setdefault("first_slot", slot)
+            lost["last_slot"] = slot
+            self.not_stored += 1
+
     def reading(self, r: Reading) -> None:
         outcome = self.ledger.process(self.meters[r.meter], r)
-        self.queue.put_nowait(Record(r.meter, r.slot, r.ts, r.values, r.quality, r.errors, self.synced()))
+        self._put(Record(r.meter, r.slot, r.ts, r.values, r.quality, r.errors, self.synced()))
         for iv in outcome.intervals:
-            self.queue.put_nowait(Interval(iv))
+            self._put(Interval(iv))
         for e in outcome.events:
             log.warning(
                 'meter "%s" %s: counter %s (%s)',
@@ -77,48 +133,117 @@ class Writer:
                 e["cause"],
                 "continuity kept" if e["cause"] != "rollover" else "modulus added",
             )
-            self.queue.put_nowait(e)
+            self._put(e)
         self._dirty.update({k: Ledger.dump(st) for k, st in outcome.state.items()})
 
     def event(self, e: dict[str, Any]) -> None:
-        self.queue.put_nowait(e)
+        self._put(e)
 
     async def run(self) -> None:
+        delay = 1.0
         while True:
-            first = await self.queue.get()
-            await asyncio.sleep(WRITE_LINGER)
-            await self._write([first])
+            if not self.queue:
+                self._wake.clear()
+                await self._wake.wait()
+                await asyncio.sleep(WRITE_LINGER)
+            try:
+                await self._write()
+            except (sqlite3.Error, OSError) as exc:
+                self._failed(exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, WRITE_RETRY_CAP)
+                continue
+            delay = 1.0
+            self._recovered()
 
-    async def _write(self, items: list[Record | dict[str, Any]]) -> None:
-        # Everything queued goes in this transaction, so the counter state stored with it matches.
-        while not self.queue.empty():
-            items.append(self.queue.get_nowait())
+    async def _write(self) -> None:
+        """Store what is queued, up to BATCH_MAX items, in one transaction; remove it from the queue
+        only once it is committed. Everything queued goes in one transaction when it fits, so the
+        counter state stored with it matches."""
+        n = min(len(self.queue), BATCH_MAX)
+        items = [self.queue.popleft() for _ in range(n)]
         records = [i for i in items if isinstance(i, Record)]
         intervals = [dict(i) for i in items if isinstance(i, Interval)]
-        events = [i for i in items if isinstance(i, dict) and not isinstance(i, Interval)]
+        events = [i for i in items if not isinstance(i, Record | Interval)]
         dirty, self._dirty = self._dirty, {}
-        rows: list[Row] = await self.buffer.call(self.buffer.buffer.append, records, events, intervals, dirty)
+        try:
+            rows = await self.buffer.call(self.buffer.buffer.append, records, events, intervals, dirty)
+        except BaseException:
+            # Back to the front of the queue, in order; readings that arrived meanwhile stay behind them.
+            self.queue.extendleft(reversed(items))
+            while len(self.queue) > self.queue_max:
+                self._drop(self.queue.popleft())
+            self._dirty = {**dirty, **self._dirty}
+            raise
         self.stored += len(rows)
         self.offer(rows)
 
+    def _failed(self, exc: BaseException, delay: float) -> None:
+        reason = str(exc) or type(exc).__name__
+        if self.failing_since is None:
+            self.failing_since = time.time()
+            free = _free_kb(self.path)
+            full = "full" in reason or getattr(exc, "errno", None) == errno.ENOSPC
+            what = "buffer disk full" if full else f"buffer write failed ({reason})"
+            log.error(
+                "%s: %d reading(s) waiting in memory (at most %d, then the oldest are dropped), %s kB free on %s; "
+                "retrying every %.0f-%.0f s",
+                what,
+                len(self.queue),
+                self.queue_max,
+                free if free is not None else "?",
+                os.path.dirname(self.path) or ".",
+                delay,
+                WRITE_RETRY_CAP,
+            )
+        elif reason != self.last_error:
+            log.error("buffer write failed again, now: %s", reason)
+        self.last_error = reason
+
+    def _recovered(self) -> None:
+        if self.failing_since is not None:
+            lost = self._lost["count"] if self._lost else 0
+            log.warning(
+                "buffer writes again after %.0f s%s",
+                time.time() - self.failing_since,
+                f"; {lost} message(s) were dropped while it could not" if lost else "; nothing was lost",
+            )
+            self.failing_since = None
+            self.last_error = ""
+        if self._lost is not None:
+            lost, self._lost = self._lost, None
+            self.queue.append(lost)
+            self._wake.set()
+
     async def flush(self) -> None:
-        while not self.queue.empty():
-            await self._write([])
+        """Store what is queued (on stop); gives up after one failed attempt, logged."""
+        while self.queue:
+            try:
+                await self._write()
+            except (sqlite3.Error, OSError) as exc:
+                log.error("on stop: %d message(s) could not be stored: %s", len(self.queue), exc)
+                return
+
+
+def _free_kb(path: str) -> int | None:
+    try:
+        return shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free // 1024
+    except OSError:
+        return None
 
 
 class Daemon:
     def __init__(self, config: Config) -> None:
         assert config.mqtt is not None
         self.config = config
-        self.stop_event = asyncio.Event()
-        self.reload_event = asyncio.Event()
-        self.tasks: list[asyncio.Task[Any]] = []
         self.workers: dict[str, BusWorker] = {}
         self.buffer: AsyncBuffer | None = None
         self.publisher: Publisher | None = None
         self.writer: Writer | None = None
         self.poller: Poller | None = None
         self.health: Health | None = None
+        self.supervisor = Supervisor(on_change=self._status_line)
+        self._last_status = ""
         self.discovered: dict[str, Any] = {}  #: meter id -> model found by discovery (SunSpec)
 
     async def start(self) -> None:
@@ -142,14 +267,15 @@ class Daemon:
                     bus, meters, self.writer.reading, self.health, on_model=self._publish_discovered
                 )
         self.poller = Poller(list(cfg.meters), self._enqueue, on_missed=self._missed)
-        await self.publisher.start()
-        self.tasks = [
-            asyncio.create_task(self.writer.run(), name="writer"),
-            asyncio.create_task(self._retention(), name="retention"),
-            asyncio.create_task(self._health_loop(), name="health"),
-            asyncio.create_task(clock.ClockWatch(self._clock_step, cfg.clock.step_threshold).run(), name="clock"),
-        ]
-        self.tasks += [asyncio.create_task(w.run(), name=f"bus-{n}") for n, w in self.workers.items()]
+        sup = self.supervisor
+        await self.publisher.start(sup)
+        sup.start("writer", self.writer.run)
+        sup.start("retention", self._retention)
+        sup.start("health", self._health_loop)
+        sup.start("status", self._status_loop)
+        sup.start("clock", clock.ClockWatch(self._clock_step, cfg.clock.step_threshold).run)
+        for n, w in self.workers.items():
+            sup.start(f"bus-{n}", w.run)
         self.poller.start()
         if not clock.synchronised(cfg.clock.sync_check):
             log.warning(
@@ -163,6 +289,29 @@ class Daemon:
             cfg.storage.path,
             cfg.mqtt.url,
         )
+
+    def status_line(self) -> str:
+        """systemd's STATUS=: what an operator sees in `systemctl status`."""
+        parts = [f"polling {len(self.config.meters)} meters"]
+        if self.writer is not None and self.writer.failing_since is not None:
+            parts.append(f"BUFFER NOT WRITABLE ({self.writer.last_error}), {len(self.writer.queue)} waiting")
+        if self.publisher is not None and not self.publisher.connected:
+            parts.append(f"MQTT down: {self.publisher.last_connect_error or 'connecting'}")
+        failing = self.supervisor.failing()
+        if failing:
+            parts.append(f"FAILING: {', '.join(failing)}")
+        return "; ".join(parts)
+
+    def _status_line(self) -> None:
+        line = self.status_line()
+        if line != self._last_status:
+            self._last_status = line
+            systemd.notify(f"STATUS={line}")
+
+    async def _status_loop(self) -> None:
+        while True:
+            self._status_line()
+            await asyncio.sleep(STATUS_PERIOD)
 
     def _enqueue(self, meter: Any, slot: datetime) -> None:
         self.workers[meter.bus].enqueue(meter, slot)
@@ -207,26 +356,46 @@ class Daemon:
 
     async def _retention(self) -> None:
         assert self.buffer is not None and self.publisher is not None
+        failed = ""
         while True:
-            rows = await self.buffer.call(self.buffer.buffer.enforce_retention)
+            try:
+                rows = await self.buffer.call(self.buffer.buffer.enforce_retention)
+            except (sqlite3.Error, OSError) as exc:
+                if str(exc) != failed:
+                    log.error("buffer retention failed: %s; trying again in %.0f s", exc, RETENTION_PERIOD)
+                failed = str(exc)
+                rows = []
+            else:
+                failed = ""
             for row in rows:
+                assert row.extra is not None
                 log.warning(
-                    "buffer retention dropped %s unsent messages (%s)",
-                    row.extra and row.extra["count"],
-                    row.extra and row.extra["reason"],
+                    "buffer retention (%s) dropped unsent messages: %d seq(s) now named by drop report seq %d",
+                    row.extra["reason"],
+                    row.extra["count"],
+                    row.seq,
                 )
             self.publisher.offer(rows)
             await asyncio.sleep(RETENTION_PERIOD)
 
     async def health_payload(self) -> dict[str, Any]:
         assert self.buffer is not None and self.publisher is not None and self.health is not None
+        assert self.writer is not None
         stats = await self.buffer.call(self.buffer.buffer.stats)
         pub = {
             **asdict(self.publisher.stats),
             "connected": self.publisher.connected,
             "inflight": self.publisher.inflight,
+            **({"last_connect_error": self.publisher.last_connect_error} if self.publisher.last_connect_error else {}),
         }
         body = self.health.payload(stats, pub)
+        body["buffer"]["waiting"] = len(self.writer.queue)
+        body["buffer"]["not_stored"] = self.writer.not_stored
+        if self.writer.failing_since is not None:
+            body["buffer"]["write_error"] = self.writer.last_error
+        tasks = self.supervisor.payload()
+        if tasks:
+            body["tasks"] = tasks
         return {
             "v": payloads.PAYLOAD_VERSION,
             "gateway": self.config.gateway.id,
@@ -242,23 +411,20 @@ class Daemon:
             self.publisher.publish_direct(self.topics.health, payloads.dumps(await self.health_payload()))
 
     def healthy(self) -> bool:
-        """For the watchdog: no bus worker stuck in a transaction, every task alive."""
-        if any(t.done() for t in self.tasks):
+        """For the watchdog: no bus worker stuck in a transaction, no task failing again and again."""
+        if not self.supervisor.alive() or self.supervisor.failing():
             return False
         return not any(w.stuck() for w in self.workers.values())
 
     async def stop(self) -> None:
         if self.poller is not None:
             self.poller.stop()
-        workers = [t for t in self.tasks if t.get_name().startswith("bus-")]
-        if workers:
+        if self.workers:
             # Let running polls finish (bounded), then stop the workers.
             deadline = time.monotonic() + STOP_POLLS
             while any(w.started_at is not None for w in self.workers.values()) and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
-        for t in self.tasks:
-            t.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.supervisor.stop()
         if self.writer is not None:
             await self.writer.flush()
         if self.publisher is not None:
@@ -281,8 +447,12 @@ async def _watchdog(daemon_ref: list[Daemon]) -> None:
 async def _start(config: Config, ref: list[Daemon]) -> Daemon:
     daemon = Daemon(config)
     ref[:] = [daemon]
-    await daemon.start()
-    systemd.notify("READY=1", f"STATUS=polling {len(config.meters)} meters")
+    try:
+        await daemon.start()
+    except BaseException:
+        await daemon.stop()
+        raise
+    systemd.notify("READY=1", f"STATUS={daemon.status_line()}")
     return daemon
 
 
@@ -294,7 +464,7 @@ async def _signal(stop: asyncio.Event, reload: asyncio.Event) -> None:
 
 
 def _reloaded(path: str) -> Config | None:
-    """The new config, or None (logged) when it is invalid: the daemon keeps the old one."""
+    """The new config, or None (logged) when `check` would refuse it: the daemon keeps the old one."""
     try:
         new = load_config(path)
     except ProblemsError as exc:
@@ -304,7 +474,13 @@ def _reloaded(path: str) -> Config | None:
     if new.mqtt is None:
         log.error("reload refused: %s has no mqtt section", path)
         return None
+    for w in new.warnings:
+        log.warning("reload: %s", w)
     return new
+
+
+#: what can stop a daemon from starting that is a fact of this machine, not a bug: logged, no traceback
+START_ERRORS = (OSError, sqlite3.Error, CorruptBuffer, RuntimeError)
 
 
 async def serve(config: Config) -> int:
@@ -315,9 +491,12 @@ async def serve(config: Config) -> int:
     loop.add_signal_handler(signal.SIGHUP, reload.set)
     ref: list[Daemon] = []
     dog = asyncio.create_task(_watchdog(ref))
-    daemon: Daemon | None = None
     try:
-        daemon = await _start(config, ref)
+        try:
+            daemon = await _start(config, ref)
+        except START_ERRORS as exc:
+            log.critical("cannot start: %s", _cause(exc))
+            return 1
         while True:
             await _signal(stop, reload)
             if stop.is_set():
@@ -328,19 +507,25 @@ async def serve(config: Config) -> int:
             reload.clear()
             new = _reloaded(config.path)
             if new is None:
+                systemd.notify(f"STATUS={daemon.status_line()}; last reload refused (see the log)")
                 continue
             systemd.notify("RELOADING=1")
             log.info("reloading %s", config.path)
             await daemon.stop()
-            config = new
-            daemon = await _start(config, ref)
-    except SecretError as exc:
-        log.error("%s", exc)
-        if ref:
-            await ref[0].stop()
-        return 2
+            try:
+                daemon = await _start(new, ref)
+                config = new
+            except START_ERRORS as exc:
+                log.error("reload failed: %s; going on with the previous config", _cause(exc))
+                daemon = await _start(config, ref)
     finally:
         dog.cancel()
+
+
+def _cause(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.filename:
+        return f"{exc.filename}: {exc.strerror}"
+    return str(exc) or type(exc).__name__
 
 
 def run(config_path: str) -> int:
@@ -352,11 +537,8 @@ def run(config_path: str) -> int:
     if config.mqtt is None:
         print(f"{config_path}: `run` needs an mqtt section (see config/example.yaml)", flush=True)
         return 2
-    try:
-        read_password(config.mqtt)
-    except SecretError as exc:
-        print(exc, flush=True)
-        return 2
+    for w in config.warnings:
+        log.warning("%s", w)
     with contextlib.suppress(KeyboardInterrupt):
         return asyncio.run(serve(config))
     return 0

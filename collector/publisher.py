@@ -1,6 +1,6 @@
 """MQTT session (the only paho-mqtt import): buffered rows out, acknowledgements back to the buffer.
 
-Facts this is built on (../shared/LIBRARIES.md): ``is_published()`` is not proof of delivery (an
+Facts this is built on (docs/design-changes.md, "paho-mqtt"): ``is_published()`` is not proof of delivery (an
 ACL-denied publish under MQTT 5 gets PUBACK 135 and still "is published"), so acks are tracked by
 message id in ``on_publish`` and a failure reason code keeps the row; paho queues without bound
 while disconnected, so the backlog stays in SQLite and paho only ever holds a bounded window.
@@ -16,18 +16,29 @@ add_reader/add_writer, ``loop_misc`` every second), not in its own thread: measu
 development machine, that doubles the messages per second paho can send (24,000 against 12,000
 with ``loop_start``), because no message crosses threads. Only the blocking part, opening the
 connection (DNS, TCP connect, TLS handshake), runs in a worker thread, so a dead uplink never
-stalls polling; reconnects back off from 1 s to 60 s.
+stalls polling.
+
+Reconnects (docs/operations.md, "A fleet behind one broker"): a refused, timed-out or dropped
+connection is tried again after a jittered delay of 0.5-1 × (1, 2, 4, 5, 5 ... s), so the first
+buffered message reaches a broker that is back within about 5 s and a fleet of gateways does not
+reconnect in lockstep; a broker that refuses our credentials, or a password file that cannot be
+read, is tried every 30-60 s. Each distinct cause of a failed connect is logged once, with the
+broker's address, and kept for health as ``last_connect_error``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import os
+import random
 import socket
+import sqlite3
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -40,12 +51,17 @@ from paho.mqtt.properties import Properties
 from collector import payloads
 from collector.buffer import AsyncBuffer, Row
 from collector.config import Mqtt
+from collector.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
 FRESH_SHARE = 4  #: one in this many window places goes to fresh rows while a backlog drains
 BACKLOG_CHUNK = 1000
 ACK_FLUSH_SECONDS = 0.25
+RECONNECT_CAP = 5.0  #: seconds: the longest wait before trying a broker again after a refusal or timeout
+AUTH_RETRY = 60.0  #: seconds: the wait after the broker refused our credentials (jittered down to half)
+CONNACK_TIMEOUT = 10.0  #: seconds for the broker to answer CONNECT
+REJECT_RETRY = 60.0  #: seconds between retries of rows the broker refused (an ACL fixed meanwhile)
 
 
 class SecretError(Exception):
@@ -107,9 +123,14 @@ class Publisher:
         self._backlog_end = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
+        self._first = True
         self._connected_event = asyncio.Event()
         self._session_over = asyncio.Event()
-        self._last_connect_error = ""
+        self.last_connect_error = ""  #: why the last connect failed ("" once connected)
+        self._auth_failed = False  #: the last failure was the broker refusing us: back off longer
+        self._connack = False  #: the broker answered this connection's CONNECT
+        self._rejected_at = 0.0
+        self._acks_failed = ""
         self._loop_thread = 0
         self._fd = -1
 
@@ -124,8 +145,6 @@ class Publisher:
             protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
             clean_session=None if v5 else True,
         )
-        if cfg.username is not None:
-            client.username_pw_set(cfg.username, read_password(cfg))
         if cfg.tls:
             client.tls_set(
                 ca_certs=cfg.ca_file, certfile=cfg.cert_file, keyfile=cfg.key_file, cert_reqs=ssl.CERT_REQUIRED
@@ -200,12 +219,15 @@ class Publisher:
     # -- event loop side ------------------------------------------------------------------------
 
     def _connected_cb(self, failed: bool, reason: str) -> None:
+        self._connack = True
         if failed:
-            self._connect_failed(reason)
+            self._auth_failed = _refused_credentials(reason)
+            self._connect_failed(f"the broker refused the connection: {reason}")
             return
         self.connected = True
+        self._auth_failed = False
         self.stats.connects += 1
-        self._last_connect_error = ""
+        self.last_connect_error = ""
         log.info("MQTT connected to %s:%d%s", self.cfg.host, self.cfg.port, " (TLS)" if self.cfg.tls else "")
         assert self._client is not None
         self._client.publish(self.topics.status, payloads.status("online"), qos=1, retain=True)
@@ -215,16 +237,27 @@ class Publisher:
         self._connected_event.set()
 
     def _connect_failed(self, reason: str) -> None:
-        if reason != self._last_connect_error:
+        """Logged once per distinct cause (a broker down for a week is one line, not 100,000)."""
+        if reason != self.last_connect_error:
             log.warning(
-                "MQTT cannot connect to %s:%d: %s; retrying with backoff (up to 60 s)",
+                "MQTT cannot connect to %s (%s:%d): %s; retrying every %s",
+                self.cfg.url,
                 self.cfg.host,
                 self.cfg.port,
                 reason,
+                "30-60 s" if self._auth_failed else f"few seconds (at most {RECONNECT_CAP:.0f} s)",
             )
-            self._last_connect_error = reason
+            self.last_connect_error = reason
 
     def _disconnected_cb(self, reason: str) -> None:
+        if not self.connected and not self._connack and not self._stopping:
+            hint = (
+                '; if it speaks MQTT 3.1.1 only (RabbitMQ before 3.13, amqtt), set mqtt.protocol: "3.1.1"'
+                if self.cfg.protocol == "5"
+                else ""
+            )
+            tls = "" if self.cfg.tls else "; a TLS port needs an mqtts:// url"
+            self._connect_failed(f"the broker closed the connection before answering CONNECT ({reason}){hint}{tls}")
         if self.connected:
             self.stats.disconnects += 1
             if not self._stopping:
@@ -236,6 +269,7 @@ class Publisher:
 
     def _rewind(self) -> None:
         """Send everything stored again from the oldest row (after a connect, or to retry rejects)."""
+        self._rejected_at = 0.0
         self._cursor = 0
         self._backlog.clear()
         self._fresh.clear()
@@ -262,20 +296,29 @@ class Publisher:
             return False
         return self._client.publish(topic, payload, qos=qos, retain=retain).rc == MQTTErrorCode.MQTT_ERR_SUCCESS
 
-    async def start(self) -> None:
+    async def start(self, supervisor: Supervisor | None = None) -> None:
+        """Make the client and run the loops: under the daemon's supervisor, or as plain tasks."""
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
         self._client = self._make_client()
-        self._tasks = [
-            asyncio.create_task(self._pump(), name="mqtt-pump"),
-            asyncio.create_task(self._flush_acks(), name="mqtt-acks"),
-            asyncio.create_task(self._connection(), name="mqtt-connection"),
-            asyncio.create_task(self._misc(), name="mqtt-misc"),
-        ]
+        loops = {
+            "mqtt-pump": self._pump,
+            "mqtt-acks": self._flush_acks,
+            "mqtt-connection": self._connection,
+            "mqtt-misc": self._misc,
+        }
+        for name, loop in loops.items():
+            if supervisor is not None:
+                supervisor.start(name, loop)
+            else:
+                self._tasks.append(asyncio.create_task(loop(), name=name))
 
     def _open(self, first: bool) -> None:
-        """Blocking: DNS, TCP connect, TLS handshake, CONNECT sent. Runs in a worker thread."""
+        """Blocking: the password, DNS, TCP connect, TLS handshake, CONNECT sent. Runs in a worker thread."""
         assert self._client is not None
+        if self.cfg.username is not None:
+            # Read at every connect: a password file put right is used without a restart.
+            self._client.username_pw_set(self.cfg.username, read_password(self.cfg))
         if first:
             props = None
             if self.cfg.protocol == "5":
@@ -291,27 +334,62 @@ class Publisher:
         else:
             self._client.reconnect()
 
+    def _delay(self, failures: int) -> float:
+        """Jittered: 0.5-1 × min(2^(n-1), 5) s; 30-60 s when the broker refused our credentials."""
+        base = AUTH_RETRY if self._auth_failed else min(2.0 ** max(0, failures - 1), RECONNECT_CAP)
+        return base * random.uniform(0.5, 1.0)
+
     async def _connection(self) -> None:
-        """Open the session; when it ends (or cannot start), wait and open it again, 1 s to 60 s apart."""
+        """Open the session; when it ends (or cannot start), wait and open it again."""
         assert self._loop is not None
-        delay, first = 1.0, True
+        failures = 0
         while not self._stopping:
             self._session_over.clear()
+            self._connack = False
             try:
-                await self._loop.run_in_executor(None, self._open, first)
-                first = False
-            except (TimeoutError, OSError, ssl.SSLError, ValueError) as exc:
-                first = False
-                self._connect_failed(_describe(exc))
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 60.0)
+                await self._loop.run_in_executor(None, self._open, self._first)
+                self._first = False
+            except SecretError as exc:
+                self._auth_failed = True
+                self._connect_failed(str(exc))
+                failures += 1
+                await asyncio.sleep(self._delay(failures))
                 continue
+            except (TimeoutError, OSError, ssl.SSLError, ValueError) as exc:
+                self._first = False
+                self._auth_failed = False
+                self._connect_failed(_describe(exc))
+                failures += 1
+                await asyncio.sleep(self._delay(failures))
+                continue
+            try:
+                await asyncio.wait_for(self._answered(), CONNACK_TIMEOUT)
+            except TimeoutError:
+                self._connect_failed(
+                    f"no answer to CONNECT within {CONNACK_TIMEOUT:.0f} s (is this an MQTT broker's port?)"
+                )
+                self._drop_connection()
             await self._session_over.wait()
-            if self.stats.connects and self._last_connect_error == "":
-                delay = 1.0  # the session had been up: start the backoff again
+            if self.stats.connects and self.last_connect_error == "":
+                failures = 0  # the session had been up: start the backoff again
+            failures += 1
             if not self._stopping:
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 60.0)
+                await asyncio.sleep(self._delay(failures))
+
+    async def _answered(self) -> None:
+        while not self._connack and not self._session_over.is_set():
+            await asyncio.sleep(0.05)
+
+    def _drop_connection(self) -> None:
+        """Close a connection that never got going; paho reports it as a disconnect."""
+        if self._client is not None:
+            sock = self._client.socket()
+            if isinstance(sock, socket.socket):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                self._client.loop_read()
+        if not self._session_over.is_set():
+            self._session_over.set()
 
     async def _misc(self) -> None:
         """paho's housekeeping: keepalive pings, retries, and noticing a dead link."""
@@ -341,14 +419,17 @@ class Publisher:
             if failed:
                 self.stats.rejected += 1
                 self._rejected.add(seq)
+                if not self._rejected_at:
+                    self._rejected_at = time.monotonic()
                 key = (reason, "")
                 if key not in self._rejected_logged:
                     self._rejected_logged.add(key)
                     log.error(
-                        "MQTT broker refused seq %d: %s (the row stays in the buffer and is retried "
-                        "after the next reconnect; check the broker's ACL for this gateway)",
+                        "MQTT broker refused seq %d: %s (the row stays in the buffer and is sent again "
+                        "every %.0f s; check the broker's ACL for this gateway)",
                         seq,
                         reason,
+                        REJECT_RETRY,
                     )
             else:
                 self.stats.acked += 1
@@ -415,12 +496,30 @@ class Publisher:
         while True:
             await asyncio.sleep(ACK_FLUSH_SECONDS)
             await self.flush_acks()
+            if self._rejected_at and time.monotonic() - self._rejected_at > REJECT_RETRY and self.connected:
+                self._rewind()  # an ACL fixed on the broker is seen without a reconnect
 
     async def flush_acks(self) -> None:
+        """Delete acknowledged rows. A delete that fails (a full disk) is tried again with the next
+        flush: the rows stay marked as acknowledged, so they are neither lost nor sent again."""
         if not self._acked_pending:
             return
         seqs, self._acked_pending = self._acked_pending, []
-        await self.buffer.call(self.buffer.buffer.delete, seqs)
+        try:
+            await self.buffer.call(self.buffer.buffer.delete, seqs)
+        except (sqlite3.Error, OSError) as exc:
+            self._acked_pending = seqs + self._acked_pending
+            if str(exc) != self._acks_failed:
+                self._acks_failed = str(exc)
+                log.error(
+                    "cannot delete %d acknowledged row(s) from the buffer: %s; trying again (they are not sent again)",
+                    len(seqs),
+                    exc,
+                )
+            return
+        if self._acks_failed:
+            log.warning("acknowledged rows are deleted from the buffer again")
+            self._acks_failed = ""
         self._acked_set.difference_update(seqs)
 
     async def drain(self, timeout: float) -> None:
@@ -459,6 +558,12 @@ class Publisher:
         self.connected = False
 
 
+def _refused_credentials(reason: str) -> bool:
+    """CONNACK reason codes that a retry will not change: 3.1.1 rc 4/5, MQTT 5 0x86, 0x87, 0x8C."""
+    words = reason.lower()
+    return any(w in words for w in ("not authorized", "bad user name", "authentication", "banned"))
+
+
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused"
@@ -466,6 +571,11 @@ def _describe(exc: BaseException) -> str:
         return f"cannot resolve the host ({exc.strerror})"
     if isinstance(exc, ssl.SSLCertVerificationError):
         return f"TLS certificate not trusted ({exc.verify_message})"
+    if isinstance(exc, ssl.SSLError):
+        hint = "; is this a TLS port? an mqtt:// url needs a plain one" if "WRONG_VERSION" in str(exc) else ""
+        return f"TLS handshake failed ({exc.reason or exc}){hint}"
+    if isinstance(exc, ConnectionResetError):
+        return "connection reset by the broker"
     if isinstance(exc, TimeoutError | socket.timeout):
         return "timed out"
     return str(exc) or type(exc).__name__

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import subprocess
@@ -149,10 +150,8 @@ def test_a_failed_commit_leaves_the_buffer_usable(tmp_path: Path) -> None:
     b = Buffer(tmp_path / "b.db")
     b.append([rec()])
     b.conn.execute("CREATE TRIGGER no BEFORE INSERT ON outbox WHEN NEW.seq = 2 BEGIN SELECT RAISE(ABORT, 'x'); END")
-    try:
+    with contextlib.suppress(sqlite3.IntegrityError):
         b.append([rec()])
-    except sqlite3.IntegrityError:
-        pass
     assert not b.conn.in_transaction and b.next_seq == 2
     b.conn.execute("DROP TRIGGER no")
     assert [r.seq for r in b.append([rec()])] == [2]

@@ -1,0 +1,310 @@
+"""Faults a gateway meets when nobody watches it, each with the real thing: a full tmpfs, a broker that
+hangs up before CONNACK, a long outage under a small max_size, a broker that comes back, a reload
+naming a file that is not there."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from collector.buffer import Buffer, Record
+from tests.conftest import Simulator, free_port
+from tests.integration.daemon_parts import DaemonProcess, site_config
+from tests.mqtt_parts import Mosquitto, Proxy, Subscriber
+from tests.schemas import validate
+
+
+def wait_until(predicate: object, timeout: float, what: str) -> float:
+    """Poll ``predicate`` until it is true; returns the seconds it took."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if predicate():  # type: ignore[operator]
+            return time.monotonic() - start
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Mosquitto]:
+    (tmp_path / "broker").mkdir()
+    b = Mosquitto(tmp_path / "broker").start()
+    yield b
+    b.stop()
+
+
+def sdm120s(simulator: type[Simulator], n: int) -> int:
+    port = free_port()
+    simulator("--model", "eastron-sdm120", "--tcp", f"127.0.0.1:{port}", "--ids", f"1-{n}")
+    return port
+
+
+def slot_ts(reading: dict[str, object]) -> float:
+    return datetime.fromisoformat(str(reading["slot"]).replace("Z", "+00:00")).timestamp()
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 3 MB tmpfs of our own: a disk that can really fill up."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mnt)], check=True)
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def fill(folder: Path) -> Path:
+    """Write a file until the file system says it is full."""
+    filler = folder / "filler"
+    with open(filler, "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC
+    return filler
+
+
+def test_a_full_disk_is_said_and_survived(
+    tmp_path: Path, small_disk: Path, broker: Mosquitto, simulator: type[Simulator]
+) -> None:
+    sim_port = sdm120s(simulator, 5)
+    proxy = Proxy(broker.port)
+    proxy.cut()  # the broker is unreachable while the disk fills
+    cfg = site_config(tmp_path, mqtt_url=f"mqtt://127.0.0.1:{proxy.port}", sim_port=sim_port)
+    cfg.write_text(cfg.read_text().replace(str(tmp_path / "buffer.db"), str(small_disk / "buffer.db")))
+    daemon = DaemonProcess(cfg, tmp_path / "daemon.log")
+    sub = Subscriber(broker.port, "meters/gw1/#")
+    filler: Path | None = None
+    try:
+        wait_until(lambda: "meter-collector running" in daemon.log(), 30, "the daemon to start")
+        wait_until(lambda: (small_disk / "buffer.db").exists(), 20, "the buffer")
+        filler = fill(small_disk)
+        wait_until(lambda: "buffer disk full" in daemon.log(), 30, "the disk-full log line")
+        time.sleep(0.1)
+        assert daemon.proc.poll() is None
+        full_line = next(line for line in daemon.log().splitlines() if "buffer disk full" in line)
+        assert "reading(s) waiting" in full_line and "kB free" in full_line
+        full_at = time.time()
+        # While the disk stays full, polling goes on into the bounded queue, and the log says
+        # nothing more about it (one line per episode).
+        time.sleep(5)
+        assert daemon.proc.poll() is None
+        filler.unlink()
+        filler = None
+        freed = time.time()
+        proxy.restore()
+        wait_until(lambda: "buffer writes again" in daemon.log(), 60, "the buffer to be written again")
+        wait_until(
+            lambda: any(slot_ts(r) > freed for r in sub.json("/reading")),
+            60,
+            "fresh readings after space returned",
+        )
+        assert daemon.proc.poll() is None
+        assert daemon.log().count("buffer disk full") == 1
+        assert "Traceback" not in daemon.log()
+        # What was read while the disk was full was kept in memory and stored after: nothing lost.
+        wait_until(
+            lambda: any(full_at + 1 < slot_ts(r) < freed - 1 for r in sub.json("/reading")),
+            30,
+            "readings of the full disk",
+        )
+        seqs = sorted(set(sub.seqs()))
+        assert seqs == list(range(1, seqs[-1] + 1))
+    finally:
+        if filler is not None:
+            filler.unlink()
+        daemon.finish()
+        proxy.close()
+        sub.close()
+
+
+def named_by(reports: list[dict[str, object]]) -> set[int]:
+    out: set[int] = set()
+    for r in reports:
+        for a, b in r["ranges"]:  # type: ignore[attr-defined]
+            out.update(range(a, b + 1))
+    return out
+
+
+def test_every_seq_the_platform_misses_is_named_after_a_long_outage(
+    tmp_path: Path, broker: Mosquitto, simulator: type[Simulator]
+) -> None:
+    # A long outage, compressed: the buffer starts nearly at its 1 MB limit, and 20 meters push it
+    # over again and again while the broker is away.
+    db = tmp_path / "buffer.db"
+    b = Buffer(db)
+    old = datetime.now(UTC) - timedelta(hours=2)
+    b.append([Record("m1", old, old, {f"p{i}": float(i) for i in range(30)}) for _ in range(3200)])
+    b.close()
+    sim_port = free_port()
+    simulator("--model", "eastron-sdm630", "--tcp", f"127.0.0.1:{sim_port}", "--ids", "1-20")
+    proxy = Proxy(broker.port)
+    proxy.cut()
+    cfg = site_config(tmp_path, mqtt_url=f"mqtt://127.0.0.1:{proxy.port}", sim_port=sim_port, meters=20)
+    text = cfg.read_text().replace("eastron-sdm120", "eastron-sdm630")
+    text = text.replace(", points: [energy_import, active_power, voltage_l1]", "")
+    text = text.replace(f"storage: {{path: {db}}}", f"storage: {{path: {db}, max_size: 1MB}}")
+    cfg.write_text(text)
+    daemon = DaemonProcess(cfg, tmp_path / "daemon.log")
+    sub = Subscriber(broker.port, "meters/gw1/#")
+    try:
+        wait_until(lambda: daemon.log().count("buffer retention (max_size)") >= 4, 90, "four retention passes")
+        proxy.restore()
+
+        def delivered() -> bool:
+            stats = json.loads(subprocess.check_output(daemon_cli("buffer", "stats", "--json", "-c", str(cfg))))
+            return bool(stats["depth"] <= 25)
+
+        wait_until(delivered, 60, "the backlog to drain")
+        assert daemon.term() == 0
+    finally:
+        daemon.finish()
+        proxy.close()
+    sub.wait_for(lambda: bool(sub.json("/events")), 10, "events")
+    time.sleep(0)  # nothing more is asserted about timing
+    events = sub.json("/events")
+    reports = [e for e in events if e["event"] == "data_dropped"]
+    received = set(sub.seqs())
+    sub.close()
+    assert reports, "no data_dropped event reached the platform"
+    for r in reports:
+        validate("meters/gw1/events", r)
+    named = named_by(reports)
+    top = max(received | named)
+    assert set(range(1, top + 1)) <= received | named, sorted(set(range(1, top + 1)) - received - named)[:20]
+    # A drop report that was replaced by a later one is itself named, and nothing received is named.
+    assert not (received - {r["seq"] for r in reports}) & named
+
+
+def daemon_cli(*args: str) -> list[str]:
+    import sys
+
+    return [sys.executable, "-m", "collector.cli", *args]
+
+
+class HangUp:
+    """A TCP listener that accepts and closes at once: MQTT 5 against a 3.1.1-only broker, a proxy."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.port = self.sock.getsockname()[1]
+        self.accepted = 0
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            with contextlib.suppress(OSError):
+                conn.recv(1024)  # the CONNECT
+            conn.close()
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+
+
+def test_a_broker_that_hangs_up_before_connack_is_named(tmp_path: Path, simulator: type[Simulator]) -> None:
+    sim_port = sdm120s(simulator, 1)
+    hang = HangUp()
+    daemon = DaemonProcess(
+        site_config(tmp_path, mqtt_url=f"mqtt://127.0.0.1:{hang.port}", sim_port=sim_port, meters=1),
+        tmp_path / "daemon.log",
+    )
+    try:
+        wait_until(lambda: "before answering CONNECT" in daemon.log(), 30, "the hang-up in the log")
+        line = next(x for x in daemon.log().splitlines() if "before answering CONNECT" in x)
+        assert f"127.0.0.1:{hang.port}" in line and 'protocol: "3.1.1"' in line
+        # Logged once, though it is retried every few seconds.
+        wait_until(lambda: hang.accepted >= 4, 30, "four attempts")
+        assert daemon.log().count("before answering CONNECT") == 1
+    finally:
+        daemon.finish()
+        hang.close()
+
+
+def test_the_first_buffered_reading_arrives_within_8_s_of_the_brokers_return(
+    tmp_path: Path, broker: Mosquitto, simulator: type[Simulator]
+) -> None:
+    sim_port = sdm120s(simulator, 2)
+    proxy = Proxy(broker.port)
+    sub = Subscriber(broker.port, "meters/gw1/#")
+    daemon = DaemonProcess(
+        site_config(tmp_path, mqtt_url=f"mqtt://127.0.0.1:{proxy.port}", sim_port=sim_port, meters=2),
+        tmp_path / "daemon.log",
+    )
+    try:
+        sub.wait_for(lambda: len(sub.json("/reading")) >= 2, 30, "readings before the outage")
+        proxy.cut()
+        cut = time.time()
+        # Long enough for the reconnect delay to reach its cap (1, 2, 4, 5, 5 ... s).
+        time.sleep(30)
+        proxy.restore()
+        took = wait_until(
+            lambda: any(cut + 1 < slot_ts(r) < cut + 29 for r in sub.json("/reading")),
+            20,
+            "a reading buffered during the outage",
+        )
+        assert took <= 8, f"the first buffered reading came {took:.1f} s after the broker was back"
+    finally:
+        daemon.finish()
+        proxy.close()
+        sub.close()
+
+
+def test_a_reload_naming_a_missing_password_file_is_refused_and_delivery_goes_on(
+    tmp_path: Path, simulator: type[Simulator]
+) -> None:
+    (tmp_path / "broker").mkdir()
+    broker = Mosquitto(tmp_path / "broker", users={"gw1": "s3cret-pass"}).start()
+    secret = tmp_path / "mqtt.secret"
+    secret.write_text("s3cret-pass\n")
+    secret.chmod(0o600)
+    sim_port = sdm120s(simulator, 1)
+    cfg = site_config(
+        tmp_path,
+        mqtt_url=f"mqtt://127.0.0.1:{broker.port}",
+        sim_port=sim_port,
+        meters=1,
+        mqtt_extra=f", username: gw1, password_file: {secret}",
+    )
+    sub = Subscriber(broker.port, "meters/gw1/#", auth=("gw1", "s3cret-pass"))
+    daemon = DaemonProcess(cfg, tmp_path / "daemon.log")
+    try:
+        sub.wait_for(lambda: len(sub.json("/reading")) >= 2, 30, "readings")
+        cfg.write_text(cfg.read_text().replace(str(secret), str(tmp_path / "gone.secret")))
+        daemon.proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: "reload refused" in daemon.log(), 20, "the refusal")
+        refused = time.time()
+        sub.wait_for(
+            lambda: any(slot_ts(r) > refused + 1 for r in sub.json("/reading")), 20, "readings after the refusal"
+        )
+        assert daemon.proc.poll() is None
+        log = daemon.log()
+        assert "gone.secret" in log and "s3cret-pass" not in log
+    finally:
+        daemon.finish()
+        sub.close()
+        broker.stop()
