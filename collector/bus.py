@@ -18,6 +18,7 @@ from collector.calibration import Reading, calibrate
 from collector.config import Bus, Config, Meter
 from collector.health import BusHealth, Health
 from drivers.dlt645.device import Dlt645Reader
+from drivers.errors import CannotOpen, TransportError
 from drivers.modbus.planner import DEFAULT_GAP_SERIAL, DEFAULT_GAP_TCP
 from drivers.modbus.reader import ModbusReader
 from drivers.modbus.transport import Link
@@ -158,6 +159,9 @@ class BusWorker:
         self.backoff = {m.id: Backoff(m.interval, backoff_cap) for m in meters}
         self.started_at: float | None = None  # monotonic start of the running poll
         self.bus_health = health.buses.setdefault(bus.name, BusHealth())
+        #: why the bus's port cannot be opened, and since when (monotonic); None while it is open
+        self.port_down: tuple[str, float] | None = None
+        self._logged: set[tuple[str, str]] = set()
         drain = bus.timeout if bus.drain is None else bus.drain
         #: longest a healthy poll can take: every request timing out, plus margin (for the watchdog)
         self.stuck_after = 30.0 + 8 * (bus.retries + 1) * (bus.timeout + drain + bus.pause)
@@ -183,8 +187,13 @@ class BusWorker:
                 self.started_at = time.monotonic()
                 try:
                     await self.poll(meter, slot)
-                except Exception:
-                    log.exception('polling meter "%s"', meter.id)
+                except Exception as exc:
+                    # A bug, not a meter fault: its traceback once per meter and cause, then counted.
+                    cause = f"{type(exc).__name__}: {exc}"
+                    self.health.meter(meter.id).failed += 1
+                    if (meter.id, cause) not in self._logged:
+                        self._logged.add((meter.id, cause))
+                        log.exception('polling meter "%s" failed (%s); logged once, counted in health', meter.id, cause)
                 finally:
                     self.bus_health.busy_s += time.monotonic() - self.started_at
                     self.started_at = None
@@ -196,7 +205,12 @@ class BusWorker:
         backoff = self.backoff[meter.id]
         mh = self.health.meter(meter.id)
         before_requests, before_timeouts = self.reader.requests, self.reader.timeouts
-        reading = await read_meter(self.reader, meter, slot=slot, retries=0 if backoff.failures else None)
+        ts = datetime.now(UTC)
+        result = await self.reader.read_meter(
+            meter.address, meter.model, list(meter.points), retries=0 if backoff.failures else None
+        )
+        self.note_port(result.failure)
+        reading = calibrate(meter, result, slot, ts)
         self.bus_health.transactions += self.reader.requests - before_requests
         self.bus_health.timeouts += self.reader.timeouts - before_timeouts
         mh.polls += 1
@@ -216,3 +230,16 @@ class BusWorker:
             backoff.ok()
             self.health.mark_up(meter.id, self.bus.name)
         self.sink(reading)
+
+    def note_port(self, failure: TransportError | None) -> None:
+        """Log a port that cannot be opened once per bus and episode (not once per meter and poll),
+        and once when it opens again. A link lost during a transaction is reopened at the next one;
+        only when that fails does an episode begin. Meters going offline are Health's to log."""
+        if isinstance(failure, CannotOpen):
+            if self.port_down is None:
+                log.warning('bus "%s": %s; retrying', self.bus.name, failure)
+                self.port_down = (str(failure), time.monotonic())
+        elif self.port_down is not None:
+            down = time.monotonic() - self.port_down[1]
+            log.info('bus "%s": %s open again after %.0f s', self.bus.name, self.bus.describe(), down)
+            self.port_down = None

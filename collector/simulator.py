@@ -298,13 +298,35 @@ class SunSpecDevice:
         "Tmp_SF": -1,
     }
 
-    def __init__(self, unit: int, *, base: int = 40000, modules: int = 2, static: bool = False) -> None:
+    def __init__(
+        self,
+        unit: int,
+        *,
+        base: int = 40000,
+        modules: int = 2,
+        static: bool = False,
+        overrides: Mapping[str, float] | None = None,
+    ) -> None:
+        from drivers import sunspec
+
         self.unit = unit
         self.base = base
         self.modules = modules
         self.building = Building(seed=zlib.crc32(f"sunspec/{unit}".encode()), kind="pv")
         self.static_at = time.time() if static else None
         self._cache: tuple[float, dict[int, int]] = (-1.0, {})
+        #: model id -> SunSpec point -> raw register value held there (``--set W_SF=400``: a faulty
+        #: inverter); a name both models have (DCW_SF) is held in both
+        self.overrides: dict[int, dict[str, int]] = {103: {}, 160: {}}
+        for name, value in (overrides or {}).items():
+            owners = [m for m in (103, 160) if any(p["name"] == name for p in sunspec.definition(m)["points"])]
+            if not owners or name in ("ID", "L"):
+                raise ValueError(
+                    f"--set {name}: a SunSpec inverter holds raw registers of model 103 or 160 "
+                    "by their SunSpec name, e.g. W_SF=400 or St=7"
+                )
+            for m in owners:
+                self.overrides[m][name] = round(value)
 
     def _block(
         self, model_id: int, values: Mapping[str, int | str], repeat: Sequence[Mapping[str, int | str]] | None = None
@@ -397,6 +419,8 @@ class SunSpecDevice:
             "Evt": 0,
             "N": self.modules,
         }
+        inv.update(self.overrides[103])
+        mppt.update(self.overrides[160])
         words = [0x5375, 0x6E53]
         words += self._block(1, common) + self._block(103, inv) + self._block(160, mppt, mods) + [0xFFFF, 0]
         img = {self.base + i: w for i, w in enumerate(words)}
@@ -472,7 +496,7 @@ def make_server(
     devices: dict[int, Any] = {}
     for u in units:
         if model.protocol == "sunspec":
-            devices[u] = SunSpecDevice(u, static=static)
+            devices[u] = SunSpecDevice(u, static=static, overrides=overrides)
         else:
             sim = SimulatedMeter(model, u, static=static)
             sim.overrides.update(overrides or {})

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from drivers.errors import NoReply, NotConnected
+from drivers.errors import NoReply, NotConnected, cannot_open
 
 
 class SerialLine:
@@ -70,10 +70,8 @@ class SerialLine:
                 timeout=0,
                 exclusive=True,
             )
-        except (serial.SerialException, OSError, ValueError) as exc:
-            pty = self.parity != "N" and "Invalid argument" in str(exc)
-            hint = " (a pty refuses parity: use N in tests)" if pty else ""
-            raise NotConnected(f"cannot open {self.describe()}: {exc}{hint}") from None
+        except Exception as exc:  # SerialException (an OSError), ValueError, and termios.error, which is neither
+            raise cannot_open(self.describe(), exc, parity=self.parity) from None
         self._port, self._fd = port, port.fileno()
         asyncio.get_running_loop().add_reader(self._fd, self._readable)
 

@@ -95,6 +95,17 @@ async def discover(reader: RegisterReader, unit: int, *, retries: int | None = N
     raise BadReply(f"unit {unit}: SunSpec model chain does not end")
 
 
+def label(name: str) -> str:
+    """The SunSpec name of one of our scale-factor points (``m103_w_sf`` -> ``W_SF``), else ``name``."""
+    prefix, _, rest = name.partition("_")
+    if not (prefix[:1] == "m" and prefix[1:].isdigit() and int(prefix[1:]) in SUPPORTED):
+        return name
+    for p in definition(int(prefix[1:]))["points"]:
+        if str(p["name"]).lower() == rest:
+            return str(p["name"])
+    return name
+
+
 def _point(
     name: str,
     address: int,

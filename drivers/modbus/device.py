@@ -15,6 +15,16 @@ from drivers.modbus.planner import Request, plan
 from drivers.model import Function, Model, Point
 from drivers.reading import DeviceRead, tidy
 
+#: the exponents a scale-factor register may hold (SunSpec: sunssf, -10..10)
+SF_RANGE = (-10, 10)
+
+
+def _label(name: str) -> str:
+    """A helper point's name as the meter's documentation writes it (m103_w_sf -> W_SF)."""
+    from drivers import sunspec  # sunspec builds on this module
+
+    return sunspec.label(name)
+
 
 class RegisterReader(Protocol):
     async def read(
@@ -48,7 +58,12 @@ def decode(requests: list[Request], replies: list[list[int] | None], out: Device
         if point.scale_factor:
             sf = out.raw.get(point.scale_factor)
             if sf is None:
-                out.errors[name] = f"scale factor {point.scale_factor} unavailable"
+                out.errors[name] = f"scale factor {_label(point.scale_factor)} unavailable"
+                continue
+            if not SF_RANGE[0] <= sf <= SF_RANGE[1]:  # 10.0 ** 400 would raise OverflowError
+                out.errors[name] = (
+                    f"scale factor {_label(point.scale_factor)} = {sf:g} is outside {SF_RANGE[0]}..{SF_RANGE[1]}"
+                )
                 continue
             value *= 10.0 ** int(sf)
         base[name] = value

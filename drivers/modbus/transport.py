@@ -7,7 +7,16 @@ What pymodbus does not do for us, and this module does (measured in ../shared/LI
 * Retries are ours, not pymodbus's: pymodbus resends at once after a timeout, so a late reply to
   the first attempt is taken as the answer to the second (RTU has no transaction id). After a
   timeout on a serial line we wait the line out (``drain``) before anything else is sent.
-* The reply must carry the register count asked for.
+* The reply must carry the function code and the register count asked for: pymodbus matches a
+  reply by transaction id (TCP) or unit id (RTU) only, so an FC04 answer to an FC03 request would
+  otherwise be taken as holding registers.
+* Bytes that pymodbus cannot frame (garbage, an MBAP header with a wrong length, RTU frames on a
+  Modbus TCP link) make pymodbus's protocol callback raise inside asyncio, which logs a traceback and
+  drops the link. We catch that in the client's ``data_received`` and report the request as
+  ``Garbled``, naming what was wrong with the bytes; a TCP link is reopened after it.
+* Why a port or connection cannot be opened: pymodbus swallows the OSError and returns False; the
+  connection factory is wrapped to keep the reason (``cannot open /dev/ttyUSB0 9600 8N1: No such
+  file or directory``).
 * Connection management: pymodbus's own background reconnect is off; the link is (re)opened on
   demand, so a USB adapter that vanishes and returns is reopened without a restart, and the bus
   worker decides about backoff.
@@ -25,7 +34,16 @@ from pymodbus import FramerType
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 
-from drivers.errors import MODBUS_EXCEPTIONS, BadReply, ExceptionReply, NoReply, NotConnected
+from drivers.errors import (
+    MODBUS_EXCEPTIONS,
+    BadReply,
+    ExceptionReply,
+    Garbled,
+    NoReply,
+    NotConnected,
+    cannot_open,
+)
+from drivers.modbus.server import crc16
 from drivers.model import Function
 
 log = logging.getLogger(__name__)
@@ -99,15 +117,18 @@ class ModbusTransport:
         self._lock = asyncio.Lock()
         self._quiet_until = 0.0  # monotonic time before which nothing may be sent
         self.requests = 0
-        self.timeouts = 0
+        self.timeouts = 0  #: attempts without a usable reply (garbled ones included)
+        self.garbled = 0  #: attempts answered with bytes no reply could be read from
         self.bytes_out = 0
         self.bytes_in = 0
+        self._sent = b""  # the request frame of the running transaction
+        self._heard = bytearray()  # every byte received during it
+        self._connect_error: BaseException | None = None
 
     def _trace(self, sending: bool, data: bytes) -> bytes:
         if sending:
             self.bytes_out += len(data)
-        else:
-            self.bytes_in += len(data)
+            self._sent = data
         return data
 
     def _make_client(self) -> Any:
@@ -118,10 +139,45 @@ class ModbusTransport:
             "reconnect_delay": 0,
             "trace_packet": self._trace,
         }
+        client: Any
         if link.kind == "rtu":
-            return AsyncModbusSerialClient(link.device, framer=FramerType.RTU, **serial_options(link), **common)
-        framer = FramerType.RTU if link.kind == "rtu-over-tcp" else FramerType.SOCKET
-        return AsyncModbusTcpClient(link.host, port=link.port, framer=framer, **common)
+            client = AsyncModbusSerialClient(link.device, framer=FramerType.RTU, **serial_options(link), **common)
+        else:
+            framer = FramerType.RTU if link.kind == "rtu-over-tcp" else FramerType.SOCKET
+            client = AsyncModbusTcpClient(link.host, port=link.port, framer=framer, **common)
+        self._hook(client)
+        return client
+
+    def _hook(self, client: Any) -> None:
+        """Two hooks into pymodbus 3.16's client protocol (``client.ctx``, the TransactionManager that
+        asyncio calls directly). Without them (an upgrade that moves them) the transport still works but
+        loses the reasons and lets undecodable bytes raise inside asyncio again, which
+        tests/integration/test_wire_faults.py shows."""
+        ctx: Any = getattr(client, "ctx", None)
+        if not (hasattr(ctx, "call_create") and hasattr(ctx, "data_received")):
+            log.warning("pymodbus %s: no client.ctx hooks; reasons for connection failures are lost", client)
+            return
+        create = ctx.call_create  # the connection factory: OSError from it becomes "return False"
+
+        async def create_noting_why(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return await create(*args, **kwargs)
+            except Exception as exc:
+                self._connect_error = exc
+                raise
+
+        ctx.call_create = create_noting_why
+        received = ctx.data_received
+
+        def data_received(data: bytes) -> None:
+            self.bytes_in += len(data)
+            self._heard += data
+            try:
+                received(data)
+            except Exception as exc:  # a frame pymodbus cannot decode: the request ends as Garbled
+                log.debug("%s: undecodable bytes %s: %s", self.link.describe(), data.hex(), exc)
+
+        ctx.data_received = data_received
 
     async def connect(self) -> None:
         if self._client is not None and self._client.connected:
@@ -131,15 +187,19 @@ class ModbusTransport:
         self._client = self._make_client()
         # A dead meter must not make pymodbus drop a link that other meters share.
         self._client.set_max_no_responses(1_000_000)
+        self._connect_error = None
         try:
             ok = await self._client.connect()
-        except Exception as exc:  # pyserial raises SerialException subclasses of OSError, or ValueError
+        except Exception as exc:  # termios.error (a pty refusing parity) is no OSError: it gets through
             ok = False
-            log.debug("connect %s: %s", self.link.describe(), exc)
+            self._connect_error = exc
         if not ok:
             self._client.close()
             self._client = None
-            raise NotConnected(f"cannot open {self.link.describe()}")
+            why = self._connect_error
+            if why is None and self.link.kind != "rtu":
+                why = TimeoutError(f"no connection within {self.link.timeout * 1000:g} ms")
+            raise cannot_open(self.link.describe(), why, parity=self.link.parity if self.link.kind == "rtu" else "N")
 
     def close(self) -> None:
         if self._client is not None:
@@ -161,16 +221,26 @@ class ModbusTransport:
                 self.requests += 1
                 try:
                     return await self._once(unit, function, address, count)
-                except NoReply:
+                except NoReply as exc:
                     self.timeouts += 1
-                    if self.link.serial_line:
-                        drain = self.link.timeout if self.link.drain is None else self.link.drain
-                        self._quiet_until = max(self._quiet_until, time.monotonic() + drain)
+                    if isinstance(exc, Garbled):
+                        self.garbled += 1
+                        if not self.link.serial_line:
+                            self.close()  # the MBAP stream is out of step: start the next request afresh
+                    self._drain()
                     if attempt + 1 == attempts:
                         raise
+                except BadReply:
+                    self._drain()  # on a serial line the real reply may still be on its way
+                    raise
                 finally:
                     self._quiet_until = max(self._quiet_until, time.monotonic() + self.link.pause + self.link.silence)
             raise AssertionError("unreachable")
+
+    def _drain(self) -> None:
+        if self.link.serial_line:
+            drain = self.link.timeout if self.link.drain is None else self.link.drain
+            self._quiet_until = max(self._quiet_until, time.monotonic() + drain)
 
     async def _wait_quiet(self) -> None:
         delay = self._quiet_until - time.monotonic()
@@ -181,15 +251,26 @@ class ModbusTransport:
         call = (
             self._client.read_holding_registers if function is Function.HOLDING else self._client.read_input_registers
         )
+        self._sent = b""
+        self._heard.clear()
         try:
             rr = await call(address, count=count, device_id=unit)
         except ModbusIOException:
+            heard = bytes(self._heard)
+            if self.link.serial_line and self._sent and heard.startswith(self._sent):
+                heard = heard[len(self._sent) :]  # an adapter echoing our own request
+            if heard:
+                why = describe_garbage(self.link.kind, heard, unit, self._sent)
+                raise Garbled(f"unit {unit}: unreadable reply ({why}): {preview(heard)}") from None
             raise NoReply(f"no reply from unit {unit} in {self.link.timeout * 1000:g} ms") from None
         except ConnectionException:
             self.close()
             raise NotConnected(f"lost {self.link.describe()}") from None
         except ModbusException as exc:
             raise BadReply(f"unit {unit}: {exc}") from None
+        replied = rr.function_code & 0x7F  # an exception reply carries the function code + 0x80
+        if replied != function.code:
+            raise BadReply(f"unit {unit}: asked FC{function.code:02d}, reply is FC{replied:02d}")
         if rr.isError():
             code = getattr(rr, "exception_code", 0)
             text = MODBUS_EXCEPTIONS.get(code, "unknown exception")
@@ -200,3 +281,34 @@ class ModbusTransport:
         if len(registers) != count:
             raise BadReply(f"unit {unit}: asked {count} registers at {address}, reply has {len(registers)}")
         return registers
+
+
+def preview(data: bytes, limit: int = 16) -> str:
+    """``03 04 00 0A ...`` (the first bytes, for a message)."""
+    text = " ".join(f"{b:02X}" for b in data[:limit])
+    return f"{text} ... ({len(data)} bytes)" if len(data) > limit else text
+
+
+def describe_garbage(kind: str, data: bytes, unit: int, sent: bytes = b"") -> str:
+    """What is wrong with bytes from which no reply to ``unit`` could be read (``sent``: our request)."""
+    looks_rtu = len(data) >= 4 and any(crc16(data[: n - 2]) == data[n - 2 : n] for n in range(4, len(data) + 1))
+    if kind != "tcp":
+        if looks_rtu and data[0] != unit:
+            return f"a frame from unit {data[0]}, asked unit {unit}"
+        if looks_rtu:
+            return "a frame the client cannot decode"
+        return "no valid RTU frame: noise, or a wrong baud rate or parity?"
+    if len(data) < 8:
+        return f"{len(data)} bytes, shorter than a Modbus TCP header"
+    pid, length, got = int.from_bytes(data[2:4], "big"), int.from_bytes(data[4:6], "big"), data[6]
+    if pid != 0:
+        hint = "; an RTU frame: a serial server wanting type rtu-over-tcp?" if looks_rtu and data[0] == unit else ""
+        return f"protocol id 0x{pid:04X}, not 0: not Modbus TCP{hint}"
+    if length < 2 or length + 6 != len(data):
+        return f"MBAP length {length}, but {len(data) - 6} bytes follow it"
+    if got != unit:
+        return f"from unit {got}, asked unit {unit}"
+    if len(sent) >= 2 and data[:2] != sent[:2]:
+        tid, asked = int.from_bytes(data[:2], "big"), int.from_bytes(sent[:2], "big")
+        return f"transaction id {tid}, asked {asked}"
+    return f"function code {data[7]} with {length - 2} data bytes cannot be decoded"
