@@ -15,7 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from collector import __version__
+from collector import __version__, logs
 from collector.calibration import GOOD, Reading
 from collector.config import Config, load_config
 from drivers import registry
@@ -29,9 +29,10 @@ def iso(ts: datetime) -> str:
     return ts.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts.microsecond // 1000:03d}Z"
 
 
-def _load(path: str) -> Config | None:
+def _load(path: str, *, check_files: bool = True) -> Config | None:
+    """``check_files``: also the files the daemon will open (TLS, password, the buffer's folder)."""
     try:
-        return load_config(path)
+        return load_config(path, check_files=check_files)
     except ProblemsError as exc:
         print(exc.render(), file=sys.stderr)
         return None
@@ -41,6 +42,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
         return EXIT_USAGE
+    for w in config.warnings:
+        print(f"warning: {w}", file=sys.stderr)
     print(f"{config.path}: valid, {len(config.buses)} bus(es), {len(config.meters)} meter(s)")
     return EXIT_OK
 
@@ -48,7 +51,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_read(args: argparse.Namespace) -> int:
     from collector.bus import read_once
 
-    config = _load(args.config)
+    config = _load(args.config, check_files=False)
     if config is None:
         return EXIT_USAGE
     meters = list(config.meters)
@@ -89,6 +92,7 @@ def reading_json(r: Reading, config: Config) -> dict[str, Any]:
         "raw": r.raw,
         "quality": r.quality,
         "errors": r.errors,
+        "failure": r.failure,  #: why the meter gave nothing at all (then every point's error says it too)
         "units": {n: (r.model or meter.model).point(n).unit for n in r.values},
         "model": meter.model.name,
         "requests": r.requests,
@@ -113,13 +117,21 @@ def render_reading(r: Reading, config: Config, *, raw: bool = False) -> str:
         f"{r.quality}, {r.requests} request(s), {r.seconds * 1000:.0f} ms"
     )
     lines = [head]
-    names = [p.name for p in model.points if p.name in r.values or p.name in r.errors or (raw and p.name in r.raw)]
-    names += [n for n in r.errors if not model.has(n)]
+    if r.failure is not None:  # one line for the meter, not the same reason against every point
+        lines.append(f"  error: {r.failure}")
+
+    def listed(name: str) -> bool:
+        if name in r.values or (raw and name in r.raw):
+            return True
+        return name in r.errors and r.errors[name] != r.failure
+
+    names = [p.name for p in model.points if listed(p.name)]
+    names += [n for n in r.errors if not model.has(n) and listed(n)]
     width = max([len(n) for n in names] + [5])
-    if raw:
+    if raw and names:
         lines.append(f"  {'point':<{width}}  {'registers':<19}  {'raw':>12}  {'meter':>12}  {'calibrated':>12}  unit")
     for name in names:
-        if name in r.errors and name not in r.raw:
+        if name in r.errors and not (raw and name in r.raw):  # --raw shows the registers, then the error
             lines.append(f"  {name:<{width}}  error: {r.errors[name]}")
             continue
         if raw:
@@ -132,7 +144,7 @@ def render_reading(r: Reading, config: Config, *, raw: bool = False) -> str:
                 f"  {name:<{width}}  {regs:<19}  {_fmt(r.raw.get(name)):>12}  "
                 f"{_fmt(r.meter_values.get(name)):>12}  {shown:>12}  {p.unit}"
             )
-            if name in r.errors:
+            if name in r.errors and r.errors[name] != r.failure:
                 lines.append(f"  {'':<{width}}  error: {r.errors[name]}")
         else:
             lines.append(f"  {name:<{width}}  {_fmt(r.values.get(name)):>14} {model.point(name).unit}")
@@ -302,16 +314,22 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_buffer(args: argparse.Namespace) -> int:
-    from collector.buffer import Buffer
+    import sqlite3
+
+    from collector.buffer import Buffer, CorruptBuffer
     from collector.payloads import Topics, message
 
-    config = _load(args.config)
+    config = _load(args.config, check_files=False)
     if config is None:
         return EXIT_USAGE
     if not Path(config.storage.path).exists():
         print(f"{config.storage.path}: no buffer yet (the daemon creates it)", file=sys.stderr)
         return EXIT_FAILED
-    buf = Buffer(config.storage.path, max_age=config.storage.max_age, max_size=config.storage.max_size)
+    try:
+        buf = Buffer(config.storage.path, max_age=config.storage.max_age, max_size=config.storage.max_size)
+    except (CorruptBuffer, sqlite3.Error, OSError) as exc:
+        print(f"buffer: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     try:
         if args.action == "stats":
             stats = buf.stats()
@@ -402,7 +420,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="NAME=VALUE",
-        help="hold a point at a value in canonical units, e.g. active_power=-3.2 (repeatable)",
+        help="hold a point at a value in canonical units, e.g. active_power=-3.2 (repeatable); "
+        "sunspec-inverter: a raw register of model 103 or 160 by its SunSpec name, e.g. W_SF=400",
     )
     s.add_argument(
         "--zero-every",
@@ -429,15 +448,19 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    # Under systemd the journal stamps each line; elsewhere show the time.
-    fmt = "%(levelname)s %(name)s: %(message)s"
-    if not os.environ.get("JOURNAL_STREAM"):
-        fmt = "%(asctime)s " + fmt
     level = logging.DEBUG if args.verbose else (logging.INFO if args.verb == "run" else logging.WARNING)
-    logging.basicConfig(level=level, format=fmt)
+    logs.setup(level)  # syslog priorities under journald, timestamps elsewhere
     try:
-        return int(args.func(args))
+        code = int(args.func(args))
+        sys.stdout.flush()  # here, not at exit, so a closed pipe is caught below
+        return code
     except KeyboardInterrupt:
+        return EXIT_FAILED
+    except BrokenPipeError:
+        # The reader went away (`models list | head -1`). Python's documented recipe: point stdout at
+        # /dev/null so the interpreter's final flush does not fail again, and exit quietly.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
         return EXIT_FAILED
 
 
