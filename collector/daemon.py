@@ -93,6 +93,12 @@ class Writer:
         self.last_error = ""
         self.not_stored = 0  #: readings dropped from the full queue since the daemon started
         self._lost: dict[str, Any] | None = None  #: what was dropped in this episode, not yet reported
+        self._storing = 0  #: messages in the transaction under way
+
+    @property
+    def waiting(self) -> int:
+        """Messages not yet stored: queued, or in the transaction under way."""
+        return len(self.queue) + self._storing
 
     def synced(self) -> bool:
         now = time.monotonic()
@@ -162,6 +168,7 @@ class Writer:
         counter state stored with it matches."""
         n = min(len(self.queue), BATCH_MAX)
         items = [self.queue.popleft() for _ in range(n)]
+        self._storing = n
         records = [i for i in items if isinstance(i, Record)]
         intervals = [dict(i) for i in items if isinstance(i, Interval)]
         events = [i for i in items if not isinstance(i, Record | Interval)]
@@ -175,6 +182,8 @@ class Writer:
                 self._drop(self.queue.popleft())
             self._dirty = {**dirty, **self._dirty}
             raise
+        finally:
+            self._storing = 0
         self.stored += len(rows)
         self.offer(rows)
 
@@ -189,7 +198,7 @@ class Writer:
                 "%s: %d reading(s) waiting in memory (at most %d, then the oldest are dropped), %s kB free on %s; "
                 "retrying every %.0f-%.0f s",
                 what,
-                len(self.queue),
+                self.waiting,
                 self.queue_max,
                 free if free is not None else "?",
                 os.path.dirname(self.path) or ".",
@@ -294,7 +303,7 @@ class Daemon:
         """systemd's STATUS=: what an operator sees in `systemctl status`."""
         parts = [f"polling {len(self.config.meters)} meters"]
         if self.writer is not None and self.writer.failing_since is not None:
-            parts.append(f"BUFFER NOT WRITABLE ({self.writer.last_error}), {len(self.writer.queue)} waiting")
+            parts.append(f"BUFFER NOT WRITABLE ({self.writer.last_error}), {self.writer.waiting} waiting")
         if self.publisher is not None and not self.publisher.connected:
             parts.append(f"MQTT down: {self.publisher.last_connect_error or 'connecting'}")
         failing = self.supervisor.failing()
@@ -389,7 +398,7 @@ class Daemon:
             **({"last_connect_error": self.publisher.last_connect_error} if self.publisher.last_connect_error else {}),
         }
         body = self.health.payload(stats, pub)
-        body["buffer"]["waiting"] = len(self.writer.queue)
+        body["buffer"]["waiting"] = self.writer.waiting
         body["buffer"]["not_stored"] = self.writer.not_stored
         if self.writer.failing_since is not None:
             body["buffer"]["write_error"] = self.writer.last_error

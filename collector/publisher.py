@@ -61,7 +61,8 @@ ACK_FLUSH_SECONDS = 0.25
 RECONNECT_CAP = 5.0  #: seconds: the longest wait before trying a broker again after a refusal or timeout
 AUTH_RETRY = 60.0  #: seconds: the wait after the broker refused our credentials (jittered down to half)
 CONNACK_TIMEOUT = 10.0  #: seconds for the broker to answer CONNECT
-REJECT_RETRY = 60.0  #: seconds between retries of rows the broker refused (an ACL fixed meanwhile)
+REJECT_RETRY = 15.0  #: seconds before rows the broker refused are sent again (doubling to 10 min while refused)
+REJECT_RETRY_CAP = 600.0
 
 
 class SecretError(Exception):
@@ -130,6 +131,7 @@ class Publisher:
         self._auth_failed = False  #: the last failure was the broker refusing us: back off longer
         self._connack = False  #: the broker answered this connection's CONNECT
         self._rejected_at = 0.0
+        self._reject_delay = REJECT_RETRY
         self._acks_failed = ""
         self._loop_thread = 0
         self._fd = -1
@@ -226,6 +228,7 @@ class Publisher:
             return
         self.connected = True
         self._auth_failed = False
+        self._reject_delay = REJECT_RETRY
         self.stats.connects += 1
         self.last_connect_error = ""
         log.info("MQTT connected to %s:%d%s", self.cfg.host, self.cfg.port, " (TLS)" if self.cfg.tls else "")
@@ -426,10 +429,10 @@ class Publisher:
                     self._rejected_logged.add(key)
                     log.error(
                         "MQTT broker refused seq %d: %s (the row stays in the buffer and is sent again "
-                        "every %.0f s; check the broker's ACL for this gateway)",
+                        "after %.0f s, then less often; check the broker's ACL for this gateway)",
                         seq,
                         reason,
-                        REJECT_RETRY,
+                        self._reject_delay,
                     )
             else:
                 self.stats.acked += 1
@@ -496,8 +499,10 @@ class Publisher:
         while True:
             await asyncio.sleep(ACK_FLUSH_SECONDS)
             await self.flush_acks()
-            if self._rejected_at and time.monotonic() - self._rejected_at > REJECT_RETRY and self.connected:
-                self._rewind()  # an ACL fixed on the broker is seen without a reconnect
+            if self._rejected_at and time.monotonic() - self._rejected_at > self._reject_delay and self.connected:
+                # An ACL fixed on the broker is seen without a reconnect; while it stays, less often.
+                self._reject_delay = min(self._reject_delay * 2, REJECT_RETRY_CAP)
+                self._rewind()
 
     async def flush_acks(self) -> None:
         """Delete acknowledged rows. A delete that fails (a full disk) is tried again with the next

@@ -308,3 +308,42 @@ def test_a_reload_naming_a_missing_password_file_is_refused_and_delivery_goes_on
         daemon.finish()
         sub.close()
         broker.stop()
+
+
+def test_rows_refused_by_the_acl_go_out_once_it_is_fixed_without_a_reconnect(
+    tmp_path: Path, simulator: type[Simulator]
+) -> None:
+    (tmp_path / "broker").mkdir()
+    acl = "user gw1\ntopic readwrite meters/gw1/#\ntopic deny meters/gw1/meters/m2/#\nuser platform\ntopic read #\n"
+    broker = Mosquitto(tmp_path / "broker", users={"gw1": "pw-gw1", "platform": "p"}, acl=acl).start()
+    secret = tmp_path / "mqtt.secret"
+    secret.write_text("pw-gw1\n")
+    secret.chmod(0o600)
+    sim_port = sdm120s(simulator, 2)
+    cfg = site_config(
+        tmp_path,
+        mqtt_url=f"mqtt://127.0.0.1:{broker.port}",
+        sim_port=sim_port,
+        meters=2,
+        mqtt_extra=f", username: gw1, password_file: {secret}",
+    )
+    sub = Subscriber(broker.port, "meters/gw1/#", auth=("platform", "p"))
+    daemon = DaemonProcess(cfg, tmp_path / "daemon.log")
+    try:
+        wait_until(lambda: "broker refused seq" in daemon.log(), 30, "a refused publish")
+        sub.wait_for(lambda: any(h["mqtt"]["rejected"] >= 3 for h in sub.json("/health")), 30, "three refused rows")
+        assert not [r for r in sub.json("/reading") if r["meter"] == "m2"]
+        (tmp_path / "broker" / "acl").write_text(acl.replace("topic deny meters/gw1/meters/m2/#\n", ""))
+        assert broker.proc is not None
+        broker.proc.send_signal(signal.SIGHUP)  # Mosquitto re-reads its ACL; the session stays up
+        fixed = time.time()
+        sub.wait_for(
+            lambda: any(r["meter"] == "m2" and slot_ts(r) < fixed - 1 for r in sub.json("/reading")),
+            45,
+            "the rows refused before the fix",
+        )
+        assert daemon.log().count("MQTT connected") == 1
+    finally:
+        daemon.finish()
+        sub.close()
+        broker.stop()
