@@ -433,11 +433,14 @@ class Daemon:
             deadline = time.monotonic() + STOP_POLLS
             while any(w.started_at is not None for w in self.workers.values()) and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
-        await self.supervisor.stop()
+        # Everything but MQTT stops; what was read is stored, then MQTT gets its time to deliver it.
+        await self.supervisor.stop(lambda name: not name.startswith("mqtt-"))
         if self.writer is not None:
             await self.writer.flush()
         if self.publisher is not None:
             await self.publisher.drain(DRAIN_ON_STOP)
+        await self.supervisor.stop()
+        if self.publisher is not None:
             await self.publisher.stop()
         if self.buffer is not None:
             await self.buffer.close()

@@ -347,3 +347,35 @@ def test_rows_refused_by_the_acl_go_out_once_it_is_fixed_without_a_reconnect(
         daemon.finish()
         sub.close()
         broker.stop()
+
+
+def test_a_corrupt_buffer_is_moved_aside_and_the_daemon_goes_on(
+    tmp_path: Path, broker: Mosquitto, simulator: type[Simulator]
+) -> None:
+    db = tmp_path / "buffer.db"
+    b = Buffer(db)
+    b.append([Record("m1", datetime.now(UTC), datetime.now(UTC), {"x": 1.0}) for _ in range(50)])
+    b.close()
+    db.write_bytes(b"\x00garbage, as a card that lost power may leave it" * 100)
+    for suffix in ("-wal", "-shm"):
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+    sim_port = sdm120s(simulator, 1)
+    sub = Subscriber(broker.port, "meters/gw1/#")
+    daemon = DaemonProcess(
+        site_config(tmp_path, mqtt_url=f"mqtt://127.0.0.1:{broker.port}", sim_port=sim_port, meters=1),
+        tmp_path / "daemon.log",
+    )
+    try:
+        sub.wait_for(lambda: len(sub.json("/reading")) >= 2, 30, "readings from the new buffer")
+        sub.wait_for(lambda: bool(sub.json("/events")), 10, "the drop report")
+    finally:
+        daemon.finish()
+        sub.close()
+    report = next(e for e in sub.json("/events") if e["event"] == "data_dropped")
+    validate("meters/gw1/events", report)
+    assert report["reason"] == "buffer_corrupt" and report["first_seq"] is None and report["last_seq"] >= 50
+    assert min(r["seq"] for r in sub.json("/reading")) > report["last_seq"]  # never taken for duplicates
+    aside = list(tmp_path.glob("buffer.db.corrupt-*"))
+    assert [p.name for p in aside if not p.name.endswith(("-wal", "-shm"))] == [report["moved_to"].split("/")[-1]]
+    log = daemon.log()
+    assert "is corrupt" in log and "CRITICAL" in log and "Traceback" not in log
