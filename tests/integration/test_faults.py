@@ -274,23 +274,33 @@ def test_the_first_buffered_reading_arrives_within_8_s_of_the_brokers_return(
         sub.close()
 
 
-def test_a_reload_naming_a_missing_password_file_is_refused_and_delivery_goes_on(
-    tmp_path: Path, simulator: type[Simulator]
-) -> None:
+SECRET = "s3cret-pass"
+
+
+def secured_site(
+    tmp_path: Path, simulator: type[Simulator], meters: int, *, acl: str | None = None
+) -> tuple[Mosquitto, Path, Path]:
+    """A broker with users gw1 (the daemon, password in a file) and platform, and a site config."""
     (tmp_path / "broker").mkdir()
-    broker = Mosquitto(tmp_path / "broker", users={"gw1": "s3cret-pass"}).start()
+    broker = Mosquitto(tmp_path / "broker", users={"gw1": SECRET, "platform": "p"}, acl=acl).start()
     secret = tmp_path / "mqtt.secret"
-    secret.write_text("s3cret-pass\n")
+    secret.write_text(SECRET + "\n")
     secret.chmod(0o600)
-    sim_port = sdm120s(simulator, 1)
     cfg = site_config(
         tmp_path,
         mqtt_url=f"mqtt://127.0.0.1:{broker.port}",
-        sim_port=sim_port,
-        meters=1,
+        sim_port=sdm120s(simulator, meters),
+        meters=meters,
         mqtt_extra=f", username: gw1, password_file: {secret}",
     )
-    sub = Subscriber(broker.port, "meters/gw1/#", auth=("gw1", "s3cret-pass"))
+    return broker, cfg, secret
+
+
+def test_a_reload_naming_a_missing_password_file_is_refused_and_delivery_goes_on(
+    tmp_path: Path, simulator: type[Simulator]
+) -> None:
+    broker, cfg, secret = secured_site(tmp_path, simulator, 1)
+    sub = Subscriber(broker.port, "meters/gw1/#", auth=("platform", "p"))
     daemon = DaemonProcess(cfg, tmp_path / "daemon.log")
     try:
         sub.wait_for(lambda: len(sub.json("/reading")) >= 2, 30, "readings")
@@ -303,7 +313,7 @@ def test_a_reload_naming_a_missing_password_file_is_refused_and_delivery_goes_on
         )
         assert daemon.proc.poll() is None
         log = daemon.log()
-        assert "gone.secret" in log and "s3cret-pass" not in log
+        assert "gone.secret" in log and SECRET not in log
     finally:
         daemon.finish()
         sub.close()
@@ -313,20 +323,8 @@ def test_a_reload_naming_a_missing_password_file_is_refused_and_delivery_goes_on
 def test_rows_refused_by_the_acl_go_out_once_it_is_fixed_without_a_reconnect(
     tmp_path: Path, simulator: type[Simulator]
 ) -> None:
-    (tmp_path / "broker").mkdir()
     acl = "user gw1\ntopic readwrite meters/gw1/#\ntopic deny meters/gw1/meters/m2/#\nuser platform\ntopic read #\n"
-    broker = Mosquitto(tmp_path / "broker", users={"gw1": "pw-gw1", "platform": "p"}, acl=acl).start()
-    secret = tmp_path / "mqtt.secret"
-    secret.write_text("pw-gw1\n")
-    secret.chmod(0o600)
-    sim_port = sdm120s(simulator, 2)
-    cfg = site_config(
-        tmp_path,
-        mqtt_url=f"mqtt://127.0.0.1:{broker.port}",
-        sim_port=sim_port,
-        meters=2,
-        mqtt_extra=f", username: gw1, password_file: {secret}",
-    )
+    broker, cfg, _ = secured_site(tmp_path, simulator, 2, acl=acl)
     sub = Subscriber(broker.port, "meters/gw1/#", auth=("platform", "p"))
     daemon = DaemonProcess(cfg, tmp_path / "daemon.log")
     try:
