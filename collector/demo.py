@@ -186,58 +186,65 @@ async def _broker(tmp: Path, prefer: str) -> tuple[int, Any]:
 
 async def _demo(tmp: Path, duration: float, outage: float, prefer_broker: str) -> int:
     servers: list[Any] = []
-    socat = None
-    rtu_bus = rtu_meters = ""
-    lan = Slave(
-        {1: SimulatedMeter(registry.load("eastron-sdm630"), 1), 2: SimulatedMeter(registry.load("eastron-sdm120"), 2)},
-        silent_unknown=False,
-    )
-    rot = Slave({1: SimulatedMeter(registry.load("tuf-2000m"), 1)})
-    tcp, rot_server = TcpServer(lan, "127.0.0.1", 0), TcpServer(rot, "127.0.0.1", 0, rtu=True)
-    for s in (tcp, rot_server):
-        await s.start()
-        servers.append(s)
-    if shutil.which("socat"):
-        a, b = tmp / "ttySIM", tmp / "ttyGW"
-        socat = subprocess.Popen(
-            ["socat", f"pty,raw,echo=0,link={a}", f"pty,raw,echo=0,link={b}"], stderr=subprocess.DEVNULL
-        )
-        for _ in range(200):
-            if a.exists() and b.exists():
-                break
-            await asyncio.sleep(0.02)
-        rtu = SerialServer(Slave({7: SimulatedMeter(registry.load("chint-dtsu666"), 7)}), str(a), 9600)
-        await rtu.start()
-        servers.append(rtu)
-        rtu_bus, rtu_meters = RTU_BUS.format(dev=b), RTU_METERS.format(iv=INTERVAL)
-    else:
-        print("(socat not found: no virtual RS-485 line; `apt-get install socat` adds one)")
-    broker_port, broker = await _broker(tmp, prefer_broker)
-    relay = Relay(broker_port)
-    await relay.start()
-    path = tmp / "demo.yaml"
-    path.write_text(
-        DEMO_CONFIG.format(
-            gw=GATEWAY,
-            tmp=tmp,
-            mqtt_port=relay.port,
-            tcp_port=tcp.port,
-            rot_port=rot_server.port,
-            rtu_bus=rtu_bus,
-            rtu_meters=rtu_meters,
-            iv=INTERVAL,
-        )
-    )
-    config = load_config(path)
-    print(f"config: {path} ({len(config.buses)} buses, {len(config.meters)} meters, every {INTERVAL})")
-    view = View(broker_port)
-    daemon = Daemon(config)
-    await daemon.start()
-    print("the platform receives:\n")
-    started = time.monotonic()
-    cut_at = duration / 3 if outage and duration >= 3 * outage else None
-    restored = False
+    socat: subprocess.Popen[bytes] | None = None
+    broker: Any = None
+    relay: Relay | None = None
+    view: View | None = None
+    daemon: Daemon | None = None
     try:
+        rtu_bus = rtu_meters = ""
+        lan = Slave(
+            {
+                1: SimulatedMeter(registry.load("eastron-sdm630"), 1),
+                2: SimulatedMeter(registry.load("eastron-sdm120"), 2),
+            },
+            silent_unknown=False,
+        )
+        rot = Slave({1: SimulatedMeter(registry.load("tuf-2000m"), 1)})
+        tcp, rot_server = TcpServer(lan, "127.0.0.1", 0), TcpServer(rot, "127.0.0.1", 0, rtu=True)
+        for s in (tcp, rot_server):
+            await s.start()
+            servers.append(s)
+        if shutil.which("socat"):
+            a, b = tmp / "ttySIM", tmp / "ttyGW"
+            socat = subprocess.Popen(
+                ["socat", f"pty,raw,echo=0,link={a}", f"pty,raw,echo=0,link={b}"], stderr=subprocess.DEVNULL
+            )
+            for _ in range(200):
+                if a.exists() and b.exists():
+                    break
+                await asyncio.sleep(0.02)
+            rtu = SerialServer(Slave({7: SimulatedMeter(registry.load("chint-dtsu666"), 7)}), str(a), 9600)
+            await rtu.start()
+            servers.append(rtu)
+            rtu_bus, rtu_meters = RTU_BUS.format(dev=b), RTU_METERS.format(iv=INTERVAL)
+        else:
+            print("(socat not found: no virtual RS-485 line; `apt-get install socat` adds one)")
+        broker_port, broker = await _broker(tmp, prefer_broker)
+        relay = Relay(broker_port)
+        await relay.start()
+        path = tmp / "demo.yaml"
+        path.write_text(
+            DEMO_CONFIG.format(
+                gw=GATEWAY,
+                tmp=tmp,
+                mqtt_port=relay.port,
+                tcp_port=tcp.port,
+                rot_port=rot_server.port,
+                rtu_bus=rtu_bus,
+                rtu_meters=rtu_meters,
+                iv=INTERVAL,
+            )
+        )
+        config = load_config(path)
+        print(f"config: {path} ({len(config.buses)} buses, {len(config.meters)} meters, every {INTERVAL})")
+        view = View(broker_port)
+        daemon = Daemon(config)
+        await daemon.start()
+        print("the platform receives:\n")
+        started = time.monotonic()
+        cut_at = duration / 3 if outage and duration >= 3 * outage else None
+        restored = False
         while duration <= 0 or time.monotonic() - started < duration:
             await asyncio.sleep(0.2)
             view.show()
@@ -250,16 +257,20 @@ async def _demo(tmp: Path, duration: float, outage: float, prefer_broker: str) -
                 restored = True
                 print("\n  --- uplink back: the buffered readings follow ---\n")
     finally:
-        await daemon.stop()
-        await asyncio.sleep(0.5)
-        view.show()
-        view.close()
-        await relay.cut()
+        # Whatever failed, nothing is left running (socat would hold the caller's stdout open).
+        if daemon is not None:
+            await daemon.stop()
+            await asyncio.sleep(0.5)
+        if view is not None:
+            view.show()
+            view.close()
+        if relay is not None:
+            await relay.cut()
         for s in servers:
             await s.stop()
         if isinstance(broker, MiniBroker):
             await broker.stop()
-        else:
+        elif broker is not None:
             broker.terminate()
         if socat is not None:
             socat.terminate()

@@ -557,6 +557,9 @@ class Publisher:
                 if self._fd < 0:
                     break
                 await asyncio.sleep(0.02)
+            # Acks that came while "offline" was on its way: their rows are delivered, delete them.
+            self._take_acks()
+            await self.flush_acks()
         if self._fd >= 0:
             self._unwatch(self._fd)
             self._fd = -1
