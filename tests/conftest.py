@@ -3,18 +3,36 @@
 from __future__ import annotations
 
 import os
+import select
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+
+T = TypeVar("T")
+
+
+def wait_until(predicate: Callable[[], T], timeout: float, what: str, interval: float = 0.05) -> T:
+    """Poll ``predicate`` until it returns something true, and return that; fail after ``timeout``
+    seconds. Tests wait for a condition with a deadline, never for a fixed time: a ``sleep`` followed
+    by an assert tests the machine's load, not the code."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(interval)
 
 
 def free_port() -> int:
@@ -92,9 +110,12 @@ class Simulator:
             cwd=ROOT,
         )
         assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
+        # The banner is the simulator's first line; wait for it with a deadline, not forever.
+        ready, _, _ = select.select([self.proc.stdout], [], [], 30)
+        line = self.proc.stdout.readline() if ready else "(no banner within 30 s)\n"
         if "simulating" not in line:
             self.proc.kill()
+            self.proc.wait(10)
             raise RuntimeError(f"simulator did not start: {line}{self.proc.stderr.read() if self.proc.stderr else ''}")
         self.banner = line
 

@@ -11,13 +11,14 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from tests.conftest import free_port, need
+from tests.conftest import free_port, need, wait_until
 
 
 def wait_port(port: int, timeout: float = 10) -> None:
@@ -168,13 +169,15 @@ class Subscriber:
                     out.append(json.loads(p)["seq"])
             return out
 
-    def wait_for(self, predicate: Any, timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate():
-                return
-            time.sleep(0.1)
-        raise AssertionError(f"timed out waiting for {what}")
+    def wait_for(self, predicate: Callable[[], object], timeout: float, what: str) -> None:
+        wait_until(predicate, timeout, what)
+
+    def wait_offline(self, timeout: float = 10) -> None:
+        """Wait for the daemon's last word, the "offline" status it publishes when it stops: what it
+        sent before has arrived too (one session, delivered in order)."""
+        self.wait_for(
+            lambda: (s := self.json("/status")) and s[-1]["state"] == "offline", timeout, 'the "offline" status'
+        )
 
     def close(self) -> None:
         self.client.disconnect()

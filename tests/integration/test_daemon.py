@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
+import re
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -12,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Simulator, free_port
-from tests.integration.daemon_parts import DaemonProcess, site_config, stored
+from tests.conftest import Simulator, free_port, wait_until
+from tests.integration.daemon_parts import DaemonProcess, buffered, site_config, stored
 from tests.mqtt_parts import Mosquitto, Proxy, Subscriber
 from tests.schemas import validate
 
@@ -36,6 +38,15 @@ def assert_gap_free(seqs: list[int]) -> None:
     unique = sorted(set(seqs))
     assert unique, "nothing arrived"
     assert unique == list(range(1, unique[-1] + 1)), f"gaps: {sorted(set(range(1, unique[-1] + 1)) - set(unique))}"
+
+
+def at_least(n: int, seqs: set[int]) -> set[int]:
+    """``seqs`` if it has n or more, else empty (for ``wait_until``)."""
+    return seqs if len(seqs) >= n else set()
+
+
+def utc(iso: str) -> datetime:
+    return datetime.fromisoformat(iso.replace("Z", "+00:00"))
 
 
 def slots_by_meter(sub: Subscriber) -> dict[str, list[float]]:
@@ -69,7 +80,7 @@ def test_a_12_second_uplink_cut_loses_nothing(tmp_path: Path, broker: Mosquitto,
             "readings after the cut",
         )
         assert daemon.term() == 0
-        time.sleep(0.5)
+        sub.wait_offline()
     finally:
         daemon.finish()
         proxy.close()
@@ -98,21 +109,29 @@ def test_sigkill_twice_while_polling_loses_no_stored_reading(
     config = site_config(tmp_path, mqtt_url=f"mqtt://127.0.0.1:{proxy.port}", sim_port=sim_port)
     db = tmp_path / "buffer.db"
     stored_before: set[int] = set()
+    d: DaemonProcess | None = None
     try:
         for _ in range(2):
             d = DaemonProcess(config, tmp_path / "daemon.log")
-            time.sleep(3.2)
+            # Kill it while it polls: once it has committed a few new readings, not after a fixed time.
+            committed = wait_until(
+                lambda old=frozenset(stored_before): at_least(3, buffered(db) - old), 30, "3 new stored readings"
+            )
             d.kill()
             seqs, integrity = stored(db)
             assert integrity == "ok"
-            assert seqs - stored_before, "the daemon stored nothing before it was killed"
+            assert committed <= seqs, f"committed readings lost by SIGKILL: {sorted(committed - seqs)}"
             stored_before |= seqs
         proxy.restore()
         d = DaemonProcess(config, tmp_path / "daemon.log")
         sub.wait_for(lambda: stored_before <= set(sub.seqs()), 40, "every stored reading")
-        time.sleep(1.5)
+        # Then a reading the restarted daemon polled itself: the backlog does not block fresh ones.
+        sub.wait_for(lambda: max(sub.seqs()) > max(stored_before), 20, "a fresh reading after the backlog")
         assert d.term() == 0
+        sub.wait_offline()
     finally:
+        if d is not None:
+            d.finish()
         proxy.close()
         sub.close()
     assert_gap_free(sub.seqs())
@@ -134,6 +153,7 @@ def test_status_meta_health_and_a_dead_meter_event(
             "health and events",
         )
         assert d.term() == 0
+        sub.wait_offline()
     finally:
         d.finish()
         sub.close()
@@ -170,13 +190,23 @@ def test_payload_shapes(tmp_path: Path, broker: Mosquitto, simulator: type[Simul
     finally:
         d.finish()
         sub.close()
-    r = sub.json("/reading")[0]
+    payload = next(p for t, p, _ in sub.messages if t.endswith("/reading"))
+
+    def not_json(token: str) -> float:
+        raise AssertionError(f"{token} is not JSON (RFC 8259 has no NaN or Infinity): {payload!r}")
+
+    r = json.loads(payload, parse_constant=not_json)
     assert set(r) == {"v", "gateway", "meter", "seq", "ts", "slot", "quality", "values"}
-    assert r["v"] == 1 and r["gateway"] == "gw1" and r["quality"] == "good"
-    assert r["slot"].endswith(":00Z") or r["slot"].endswith("Z")
-    assert r["ts"] >= r["slot"].replace("Z", ".000Z")
+    assert r["v"] == 1 and r["gateway"] == "gw1" and r["meter"] == "m1" and r["quality"] == "good"
+    assert type(r["seq"]) is int and r["seq"] >= 1
+    # slot: the whole second the 1 s poll belongs to; ts: when it was read, to the millisecond. Both UTC.
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", r["slot"]), r["slot"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", r["ts"]), r["ts"]
+    assert utc(r["ts"]) >= utc(r["slot"]), (r["ts"], r["slot"])
     assert set(r["values"]) == {"energy_import", "active_power", "voltage_l1"}
-    assert json.dumps(r)  # plain JSON types
+    # Plain JSON numbers: not strings, not booleans, finite.
+    bad = {k: v for k, v in r["values"].items() if type(v) not in (int, float) or not math.isfinite(v)}
+    assert not bad, f"values that are not finite numbers: {bad}"
 
 
 def test_network_down_at_boot(tmp_path: Path, broker: Mosquitto, simulator: type[Simulator]) -> None:
@@ -189,10 +219,16 @@ def test_network_down_at_boot(tmp_path: Path, broker: Mosquitto, simulator: type
         tmp_path / "daemon.log",
     )
     try:
-        time.sleep(3)
+        # The daemon starts, cannot reach the broker, and polls into its buffer all the same.
+        wait_until(lambda: "MQTT cannot connect" in d.log(), 20, '"MQTT cannot connect" in the log')
+        polled_offline = wait_until(lambda: at_least(4, buffered(tmp_path / "buffer.db")), 20, "4 readings stored")
         assert not sub.json("/reading")
         proxy.restore()
-        sub.wait_for(lambda: len(sub.json("/reading")) >= 8, 30, "readings once the uplink is up")
+        sub.wait_for(
+            lambda: polled_offline <= set(sub.seqs()) and len(sub.json("/reading")) >= 8,
+            30,
+            "the readings stored offline and fresh ones once the uplink is up",
+        )
         assert d.term() == 0
     finally:
         d.finish()

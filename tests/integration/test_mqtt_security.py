@@ -4,13 +4,12 @@ a topic: each with its own Mosquitto."""
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import Simulator, free_port
-from tests.integration.daemon_parts import DaemonProcess, site_config, stored
+from tests.conftest import Simulator, free_port, wait_until
+from tests.integration.daemon_parts import DaemonProcess, buffered, site_config, stored
 from tests.mqtt_parts import Mosquitto, Subscriber, make_certs
 
 SECRET = "s3cret-Pa55-for-gw1"
@@ -65,13 +64,17 @@ def test_tls_refuses_a_server_it_cannot_verify(tmp_path: Path, sim_port: int) ->
             mqtt_extra=f", ca_file: {certs['other-ca.pem']}",
         )
         d = DaemonProcess(config, tmp_path / "daemon.log")
-        time.sleep(4)
-        assert d.term() == 0
+        try:
+            # Refused, said so, and the readings polled meanwhile are kept for later, not lost.
+            wait_until(lambda: "MQTT cannot connect" in d.log(), 20, '"MQTT cannot connect" in the log')
+            wait_until(lambda: len(buffered(tmp_path / "buffer.db")) >= 3, 20, "3 readings in the buffer")
+            assert d.term() == 0
+        finally:
+            d.finish()
         log = d.log()
         assert "MQTT connected" not in log
-        assert "MQTT cannot connect" in log
         remaining, integrity = stored(tmp_path / "buffer.db")
-        assert len(remaining) >= 3 and integrity == "ok"  # kept for later, not lost
+        assert len(remaining) >= 3 and integrity == "ok"
     finally:
         broker.stop()
 
@@ -102,8 +105,11 @@ def test_password_from_a_file_never_reaches_the_log(tmp_path: Path, sim_port: in
         )
         env = {**os.environ, "MC_MQTT_PASSWORD": "wrong-" + SECRET}
         d2 = DaemonProcess(config2, tmp_path / "daemon2.log", env=env)
-        time.sleep(3)
-        assert d2.term() == 0
+        try:
+            wait_until(lambda: "MQTT cannot connect" in d2.log(), 20, '"MQTT cannot connect" in the log')
+            assert d2.term() == 0
+        finally:
+            d2.finish()
         log2 = d2.log()
         assert "MQTT cannot connect" in log2 and ("authori" in log2.lower() or "password" in log2.lower())
         for text in (d.log(), log2):

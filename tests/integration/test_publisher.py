@@ -31,18 +31,25 @@ def test_fresh_readings_are_not_starved_by_a_backlog(tmp_path: Path) -> None:
         buf = await AsyncBuffer.open(str(tmp_path / "buf.db"), max_age=3650 * 86400, max_size=10**10)
         cfg = Mqtt(url="", host="127.0.0.1", port=broker.port, tls=False, client_id="gw")
         pub = Publisher(cfg, "gw", buf, Topics("meters", "gw"), window=20)
-        await pub.start()
-        assert await pub.wait_connected(10)
-        await asyncio.sleep(0.05)
-        for i in range(5):  # a current reading every 50 ms while the backlog drains
-            now = datetime.now(UTC)
-            rows = await buf.call(buf.buffer.append, [Record("fresh", now, now, {"x": float(i)})])
-            pub.offer(rows)
+        try:
+            await pub.start()
+            assert await pub.wait_connected(10)
             await asyncio.sleep(0.05)
-        while await buf.call(buf.buffer.depth):
-            await asyncio.sleep(0.1)
-        await pub.stop()
-        await buf.close()
+            for i in range(5):  # a current reading every 50 ms while the backlog drains
+                now = datetime.now(UTC)
+                rows = await buf.call(buf.buffer.append, [Record("fresh", now, now, {"x": float(i)})])
+                pub.offer(rows)
+                await asyncio.sleep(0.05)
+            # Until every row is acknowledged and deleted; ~5 s here, 60 s is a deadline, not a pace.
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 60
+            while depth := await buf.call(buf.buffer.depth):
+                if loop.time() > deadline:
+                    raise AssertionError(f"{depth} rows still unacknowledged after 60 s")
+                await asyncio.sleep(0.1)
+        finally:
+            await pub.stop()
+            await buf.close()
 
     try:
         asyncio.run(go())
