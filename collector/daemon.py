@@ -163,16 +163,18 @@ class Writer:
             self._recovered()
 
     async def _write(self) -> None:
-        """Store what is queued, up to BATCH_MAX items, in one transaction; remove it from the queue
-        only once it is committed. Everything queued goes in one transaction when it fits, so the
-        counter state stored with it matches."""
+        """Store what is queued, up to BATCH_MAX items, in one transaction; on failure the items go
+        back to the front of the queue."""
         n = min(len(self.queue), BATCH_MAX)
+        # The counter state goes with the batch that takes the last queued reading, so the stored
+        # state never runs ahead of the stored readings (a catch-up after a full disk is split).
+        last = n == len(self.queue)
         items = [self.queue.popleft() for _ in range(n)]
         self._storing = n
         records = [i for i in items if isinstance(i, Record)]
         intervals = [dict(i) for i in items if isinstance(i, Interval)]
         events = [i for i in items if not isinstance(i, Record | Interval)]
-        dirty, self._dirty = self._dirty, {}
+        dirty, self._dirty = (self._dirty, {}) if last else ({}, self._dirty)
         try:
             rows = await self.buffer.call(self.buffer.buffer.append, records, events, intervals, dirty)
         except BaseException:
