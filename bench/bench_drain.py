@@ -27,10 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from collector.buffer import AsyncBuffer, Buffer, Record
 from collector.config import Mqtt
-from collector.payloads import Topics, message
-from collector.publisher import Publisher
+from collector.daemon.buffer import AsyncBuffer, Buffer, Record
+from collector.daemon.payloads import Topics, message
+from collector.daemon.publisher import Publisher
 
 WINDOW = int(os.environ.get("WINDOW", "100"))
 

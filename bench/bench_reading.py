@@ -24,11 +24,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from collector.simulator import make_slave
+from collector.simulator.meters import make_slave
+from collector.simulator.modbus import SerialServer
 from drivers import registry
 from drivers.modbus.device import read_device
 from drivers.modbus.planner import DEFAULT_GAP_SERIAL, plan
-from drivers.modbus.server import SerialServer
 from drivers.modbus.transport import Link, ModbusTransport
 
 BAUD = 9600

@@ -4,7 +4,7 @@ The national sub-metering guideline for public buildings (国家机关办公建�
 分项能耗数据采集技术导则, 2008) codes a category in 5 characters: 2 digits for the kind of energy, a
 letter for the first-level item, a digit for the second and a digit or letter for the third. The
 table below is the one found consistent across independent implementations
-(../shared/reference/protocols-and-meters.md §1.2); second- and third-level codes vary between local
+(docs/reference/protocols-and-meters.md §1.2); second- and third-level codes vary between local
 platforms, so a site extends the table in its config (``categories:``).
 """
 

@@ -1,4 +1,4 @@
-"""Site config: YAML -> validated, frozen settings (DESIGN.md §4). No I/O beyond reading files (and,
+"""Site config: YAML -> validated, frozen settings (docs/design.md §4). No I/O beyond reading files (and,
 with ``check_files``, looking at the files and folders it names).
 
 Everything is checked before anything starts, every problem is reported at once with file:line and

@@ -1,7 +1,7 @@
 """The meter model schema: one YAML file per model, loaded into frozen, checked objects.
 
 A model file says what a meter *is*: its registers, their types and word order, the unit the meter
-counts in. Loading converts every point to its canonical name's unit (DESIGN.md §3): a meter that
+counts in. Loading converts every point to its canonical name's unit (docs/design.md §3): a meter that
 counts watts gets a scale of 0.001 and publishes kilowatts. Every problem in a model file is
 reported at once with file:line, like a config error.
 """
@@ -71,7 +71,7 @@ MAX_REQUEST_REGISTERS = 125  #: the Modbus limit for functions 03 and 04
 class Point:
     """One quantity read from a meter."""
 
-    name: str  #: canonical quantity name (DESIGN.md §3) or the model's own
+    name: str  #: canonical quantity name (docs/design.md §3) or the model's own
     address: int  #: 0-based wire address, not the 3xxxx/4xxxx label
     type: DataType = DataType.FLOAT32
     function: Function = Function.HOLDING

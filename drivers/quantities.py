@@ -1,4 +1,4 @@
-"""The closed vocabulary of quantity names, one canonical unit each (DESIGN.md §3).
+"""The closed vocabulary of quantity names, one canonical unit each (docs/design.md §3).
 
 The platform sees the same key, in the same unit, for the same quantity whichever meter measured
 it. A model file says the unit the *meter* uses (W, Wh, L ...); loading converts to the canonical

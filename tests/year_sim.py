@@ -20,10 +20,10 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from collector.buffer import Buffer, Record
-from collector.calibration import Reading
 from collector.config import Calibration, Meter, PointCalibration, Replacement
-from collector.counters import Ledger
+from collector.daemon.buffer import Buffer, Record
+from collector.daemon.calibration import Reading
+from collector.daemon.counters import Ledger
 from drivers.model import DataType, Function, Model, Point
 from drivers.quantities import Nature, Ratio
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 
 from drivers.cjt188 import frame
-from drivers.dlt645.frame import FrameError
 from drivers.errors import NoReply, NotConnected
+from drivers.frame68 import FrameError
 from drivers.model import Model
 from drivers.quantities import canonical_unit
 from drivers.reading import DeviceRead, tidy

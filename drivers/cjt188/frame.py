@@ -1,6 +1,6 @@
 """CJ/T 188 frames: ``FE.. 68 T A0..A6 C L DATA CS 16``.
 
-Facts (../shared/reference/protocols-and-meters.md §3, with their sources): T is the meter type
+Facts (docs/reference/protocols-and-meters.md §3, with their sources): T is the meter type
 (10H cold water, 11H hot water, 20H heat, 30H gas); the address is 7 BCD bytes, A0 lowest; no +33H
 offset (unlike DL/T 645); CS is the sum from 68H to the end of DATA, mod 256. Read data is C=01H
 with DATA = DI (2 bytes, low first: 901FH is sent 1F 90) and a sequence byte SER; the reply is C=81H
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from drivers.dlt645.frame import ControlBits, FrameError, address_bytes, decode_bcd, encode_bcd, take_raw
+from drivers.frame68 import ControlBits, FrameError, address_bytes, decode_bcd, encode_bcd, take_raw
 
 PREAMBLE = b"\xfe\xfe\xfe\xfe"
 WILDCARD = "aaaaaaaaaaaaaa"

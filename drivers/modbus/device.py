@@ -1,7 +1,7 @@
 """Read a meter: execute a plan over a transport and decode the replies into values.
 
 Values come out in canonical units before any site calibration; CT/PT ratios, offsets and counter
-continuity belong to collector.calibration.
+continuity belong to collector.daemon.calibration.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ SF_RANGE = (-10, 10)
 
 def _label(name: str) -> str:
     """A helper point's name as the meter's documentation writes it (m103_w_sf -> W_SF)."""
-    from drivers import sunspec  # sunspec builds on this module
+    from drivers.modbus import sunspec  # sunspec builds on this module
 
     return sunspec.label(name)
 

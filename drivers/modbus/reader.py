@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from drivers import sunspec
 from drivers.errors import TransportError
+from drivers.modbus import sunspec
 from drivers.modbus.device import read_device
 from drivers.modbus.transport import Link, ModbusTransport
 from drivers.model import Model

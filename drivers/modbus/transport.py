@@ -1,6 +1,6 @@
 """Modbus client transport: TCP, RTU on a serial port, RTU over TCP. The only pymodbus import.
 
-What pymodbus does not do for us, and this module does (measured in ../shared/LIBRARIES.md):
+What pymodbus does not do for us, and this module does (measured in docs/reference/libraries.md):
 
 * One transaction on a bus at a time (a lock), with the configured pause between requests and
   at least 3.5 character times of silence before each frame on a serial line.
@@ -43,7 +43,7 @@ from drivers.errors import (
     NotConnected,
     cannot_open,
 )
-from drivers.modbus.server import crc16
+from drivers.modbus.rtu import crc16
 from drivers.model import Function
 
 log = logging.getLogger(__name__)

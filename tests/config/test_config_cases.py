@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from collector.cli import main
+from collector.cli.commands import main
 from collector.config import load_config
 from drivers.source import ProblemsError
 

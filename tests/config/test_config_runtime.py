@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from collector import config as config_module
-from collector.cli import main
+from collector.cli.commands import main
 from collector.config import load_config
 from drivers.source import ProblemsError
 

@@ -138,10 +138,10 @@ def test_cjt188_water_meter_read_and_scanned_on_a_pty(
 def test_sunspec_inverter_discovered_at_each_base(base: int) -> None:
     import asyncio
 
-    from collector.simulator import SunSpecDevice
+    from collector.simulator.meters import SunSpecDevice
+    from collector.simulator.modbus import Slave, TcpServer
     from drivers import registry
     from drivers.modbus.reader import ModbusReader
-    from drivers.modbus.server import Slave, TcpServer
     from drivers.modbus.transport import Link
 
     async def go() -> None:

@@ -8,13 +8,13 @@ from tests.conftest import cli
 
 # The demo runs on its own fixed schedule (the uplink is cut at a third of --duration, for --outage
 # seconds) and marks a reading "(from the buffer)" when it arrives more than 3 s after it was read
-# (collector/demo.py). It polls every 2 s, so a reading is taken in the first 2 s of the cut; it cannot
+# (collector/simulator/demo.py). It polls every 2 s, so a reading is taken in the first 2 s of the cut; it cannot
 # arrive before the uplink is back, so it is at least outage - 2 s late, whatever the reconnect policy.
 # With --outage 3 that was 1 s, and whether any reading was 3 s late depended on where the cut fell
 # between two polls and on whether a reconnect attempt came just before or just after the restore
 # (seen both ways: 9 readings marked, or none). With --outage 7 the first reading of the cut is at
 # least 5 s late; --duration 21 leaves 7 s after the restore for the reconnect (attempts at most 5 s
-# apart, collector/publisher.py) and the delivery, before the daemon's 3 s drain on stop.
+# apart, collector/daemon/publisher.py) and the delivery, before the daemon's 3 s drain on stop.
 DEMO = ("demo", "--duration", "21", "--outage", "7")
 
 

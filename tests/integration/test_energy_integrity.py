@@ -7,12 +7,12 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 
-from collector.buffer import KIND_INTERVAL, AsyncBuffer
-from collector.calibration import Reading
 from collector.config import load_config
-from collector.counters import Ledger
-from collector.daemon import Writer
-from collector.payloads import Topics, message
+from collector.daemon.buffer import KIND_INTERVAL, AsyncBuffer
+from collector.daemon.calibration import Reading
+from collector.daemon.counters import Ledger
+from collector.daemon.payloads import Topics, message
+from collector.daemon.writer import Writer
 from tests.conftest import Simulator, free_port
 from tests.integration.daemon_parts import DaemonProcess, site_config
 from tests.mqtt_parts import Mosquitto, Subscriber

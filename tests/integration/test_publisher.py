@@ -7,10 +7,10 @@ import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from collector.buffer import AsyncBuffer, Buffer, Record
 from collector.config import Mqtt
-from collector.payloads import Topics
-from collector.publisher import Publisher
+from collector.daemon.buffer import AsyncBuffer, Buffer, Record
+from collector.daemon.payloads import Topics
+from collector.daemon.publisher import Publisher
 from tests.mqtt_parts import Mosquitto, Subscriber
 
 T0 = datetime(2026, 11, 27, 0, 0, tzinfo=UTC)

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
+from collector.simulator.modbus import SerialServer, Slave, TcpServer
 from drivers.errors import BadReply, NoReply, NotConnected
-from drivers.modbus.server import SerialServer, Slave, TcpServer
 from drivers.modbus.transport import Link, ModbusTransport
 from drivers.model import Function
 from tests.conftest import PtyPair
@@ -131,9 +131,9 @@ def test_an_adapter_that_disappears_and_returns_is_reopened(pty_pair: PtyPair) -
 
 
 def test_a_dlt645_line_whose_adapter_disappears_is_reopened(pty_pair: PtyPair) -> None:
+    from collector.simulator.dlt645 import Dlt645Slave, serial_server
     from drivers import registry
     from drivers.dlt645.device import Dlt645Reader
-    from drivers.dlt645.server import Dlt645Slave, serial_server
     from drivers.serialline import SerialLine
 
     model = registry.load("dlt645-2007")

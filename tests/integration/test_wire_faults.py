@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from collector.calibration import Reading
+from collector.daemon.calibration import Reading
 from drivers.errors import BadReply, CannotOpen, Garbled
-from drivers.modbus.server import crc16
+from drivers.modbus.rtu import crc16
 from drivers.modbus.transport import Link, ModbusTransport
 from drivers.model import Function
 from tests.conftest import ROOT, PtyPair, Simulator, cli, free_port
@@ -396,11 +396,11 @@ def test_read_with_a_missing_port_prints_the_reason_once_per_meter(tmp_path: Pat
 def test_a_port_that_cannot_be_opened_is_logged_once_per_bus_until_it_is_back(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from collector.bus import BusWorker
     from collector.config import load_config
-    from collector.health import Health
-    from collector.simulator import make_slave
-    from drivers.modbus.server import SerialServer
+    from collector.daemon.bus import BusWorker
+    from collector.daemon.health import Health
+    from collector.simulator.meters import make_slave
+    from collector.simulator.modbus import SerialServer
 
     pair = PtyPair(tmp_path)  # not started yet: the adapter is not plugged in
     path = tmp_path / "site.yaml"
@@ -421,7 +421,7 @@ def test_a_port_that_cannot_be_opened_is_logged_once_per_bus_until_it_is_back(
     caplog.set_level(logging.INFO, logger="collector")
 
     def bus_log(level: int) -> list[str]:
-        return [r.getMessage() for r in caplog.records if r.name == "collector.bus" and r.levelno == level]
+        return [r.getMessage() for r in caplog.records if r.name == "collector.daemon.bus" and r.levelno == level]
 
     async def polls() -> None:
         slot = datetime.now(UTC).replace(microsecond=0)

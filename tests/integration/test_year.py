@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from collector.buffer import KIND_INTERVAL, KIND_READING, Buffer
-from collector.payloads import Topics, message
+from collector.daemon.buffer import KIND_INTERVAL, KIND_READING, Buffer
+from collector.daemon.payloads import Topics, message
 from tests import year_sim
 from tests.conftest import ROOT
 from tests.schemas import validate

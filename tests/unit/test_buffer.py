@@ -10,7 +10,7 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from collector.buffer import KIND_EVENT, Buffer, CorruptBuffer, Record, _salvage
+from collector.daemon.buffer import KIND_EVENT, Buffer, CorruptBuffer, Record, _salvage
 
 NOW = datetime(2026, 11, 27, 8, 0, tzinfo=UTC)
 
@@ -106,7 +106,7 @@ def test_a_commit_survives_sigkill(tmp_path: Path) -> None:
     script = (
         "import os, sys, signal\n"
         "from datetime import UTC, datetime\n"
-        "from collector.buffer import Buffer, Record\n"
+        "from collector.daemon.buffer import Buffer, Record\n"
         f"b = Buffer({str(tmp_path / 'k.db')!r})\n"
         "now = datetime.now(UTC)\n"
         "b.append([Record('m', now, now, {'x': 1.0}) for _ in range(100)])\n"

@@ -6,8 +6,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from collector.calibration import calibrate
 from collector.config import Calibration, Meter, PointCalibration
+from collector.daemon.calibration import calibrate
 from drivers import registry
 from drivers.errors import NoReply
 from drivers.reading import DeviceRead

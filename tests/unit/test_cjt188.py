@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from drivers.cjt188 import frame
-from drivers.dlt645.frame import FrameError
+from drivers.frame68 import FrameError
 
 
 def test_read_901f_frame() -> None:

@@ -6,9 +6,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from collector.calibration import Reading
 from collector.config import Calibration, Meter, PointCalibration, Replacement
-from collector.counters import Ledger
+from collector.daemon.calibration import Reading
+from collector.daemon.counters import Ledger
 from drivers import registry
 
 T0 = datetime(2026, 11, 27, 0, 0, tzinfo=UTC).timestamp()

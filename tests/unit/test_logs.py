@@ -20,7 +20,7 @@ def log_lines(journal: bool) -> str:
         env["JOURNAL_STREAM"] = f"{st.st_dev}:{st.st_ino}"
     code = (
         "import logging, sys\n"
-        "from collector import logs\n"
+        "from collector.cli import logs\n"
         "logs.setup(logging.DEBUG)\n"
         "log = logging.getLogger('collector.x')\n"
         "log.warning('disk nearly full')\n"

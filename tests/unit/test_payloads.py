@@ -6,8 +6,8 @@ import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from collector.buffer import Buffer, Record
-from collector.payloads import Topics, message
+from collector.daemon.buffer import Buffer, Record
+from collector.daemon.payloads import Topics, message
 from tests.schemas import validate
 
 NOW = datetime(2026, 11, 27, 8, 0, tzinfo=UTC)

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from collector import clock, systemd
-from collector.bus import Backoff
-from collector.scheduler import AlignedTrigger
+from collector.daemon import clock, systemd
+from collector.daemon.bus import Backoff
+from collector.daemon.scheduler import AlignedTrigger
 
 
 def at(s: str) -> datetime:

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from drivers.modbus.server import Slave, crc16, rtu_frame, split_rtu
+from collector.simulator.modbus import Slave, crc16, rtu_frame, split_rtu
 
 #: function codes whose request length split_rtu knows: a buffer starting with one may still complete
 KNOWN_LENGTH = (1, 2, 3, 4, 5, 6, 15, 16)

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from collector import supervisor
-from collector.buffer import AsyncBuffer, Row
 from collector.config import load_config
-from collector.counters import Ledger
-from collector.daemon import Writer
-from collector.supervisor import Supervisor
+from collector.daemon import supervisor
+from collector.daemon.buffer import AsyncBuffer, Row
+from collector.daemon.counters import Ledger
+from collector.daemon.supervisor import Supervisor
+from collector.daemon.writer import Writer
 
 
 async def until(predicate: object, timeout: float, what: str) -> None:
@@ -48,7 +48,7 @@ def test_a_failing_loop_is_restarted_logged_once_and_reported(
         await sup.stop()
         return sup
 
-    with caplog.at_level(logging.ERROR, logger="collector.supervisor"):
+    with caplog.at_level(logging.ERROR, logger="collector.daemon.supervisor"):
         sup = asyncio.run(go())
     assert sup.states["flaky"].restarts == 4
     assert sup.payload() == {"flaky": {"restarts": 4, "last_error": "OSError: the same cause"}}

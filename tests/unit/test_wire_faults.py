@@ -14,14 +14,14 @@ from pathlib import Path
 import pytest
 import serial
 
-from collector.calibration import calibrate
-from collector.cli import reading_json, render_reading
+from collector.cli.commands import reading_json, render_reading
 from collector.config import load_config
-from collector.simulator import SunSpecDevice
-from drivers import sunspec
+from collector.daemon.calibration import calibrate
+from collector.simulator.meters import SunSpecDevice
 from drivers.errors import CannotOpen, cannot_open, os_reason
+from drivers.modbus import sunspec
 from drivers.modbus.device import read_device
-from drivers.modbus.server import crc16
+from drivers.modbus.rtu import crc16
 from drivers.modbus.transport import describe_garbage, preview
 from drivers.model import Function
 from drivers.reading import DeviceRead

@@ -16,8 +16,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from collector.simulator.modbus import ILLEGAL_ADDRESS, ILLEGAL_VALUE, Slave
 from drivers.modbus import codec
-from drivers.modbus.server import ILLEGAL_ADDRESS, ILLEGAL_VALUE, Slave
 from drivers.model import Function, Model, Point
 
 NOMINAL_V = 230.0
@@ -235,7 +235,7 @@ def dlt645_meter(
     model: Model, address: str, *, static: bool = False, overrides: dict[str, float] | None = None
 ) -> Callable[[int], bytes | None]:
     """A DL/T 645 meter's data: DI -> value bytes, from the same simulated building as Modbus meters."""
-    from drivers.dlt645.frame import encode_bcd
+    from drivers.frame68 import encode_bcd
 
     sim = SimulatedMeter(model, int(address[-6:]), static=static)
     sim.overrides.update(overrides or {})
@@ -307,7 +307,7 @@ class SunSpecDevice:
         static: bool = False,
         overrides: Mapping[str, float] | None = None,
     ) -> None:
-        from drivers import sunspec
+        from drivers.modbus import sunspec
 
         self.unit = unit
         self.base = base
@@ -331,7 +331,7 @@ class SunSpecDevice:
     def _block(
         self, model_id: int, values: Mapping[str, int | str], repeat: Sequence[Mapping[str, int | str]] | None = None
     ) -> list[int]:
-        from drivers import sunspec
+        from drivers.modbus import sunspec
 
         group = sunspec.definition(model_id)
         words: list[int] = []
@@ -463,7 +463,7 @@ def make_server(
 
     Raises ValueError for a combination that cannot be served (a DL/T 645 meter over TCP, bad ids).
     """
-    from drivers.modbus.server import SerialServer, TcpServer
+    from collector.simulator.modbus import SerialServer, TcpServer
 
     if model.protocol in ("dlt645", "cjt188"):
         if serial is None:
@@ -471,7 +471,7 @@ def make_server(
         digits = 12 if model.protocol == "dlt645" else 14
         addresses = parse_addresses(ids if ids != "1" else "0" * (digits - 1) + "1", digits)
         if model.protocol == "dlt645":
-            from drivers.dlt645.server import Dlt645Slave, serial_server
+            from collector.simulator.dlt645 import Dlt645Slave, serial_server
 
             dslave = Dlt645Slave(
                 {a: dlt645_meter(model, a, static=static, overrides=overrides) for a in addresses},
@@ -482,8 +482,8 @@ def make_server(
                 f"DL/T 645 meter(s) {', '.join(addresses)} on serial {serial} {baud} 8{parity}1",
                 lambda: ", ".join(f"{a}: {n}" for a, n in sorted(dslave.requests.items())) or "none",
             )
-        from drivers.cjt188.server import Cjt188Slave
-        from drivers.cjt188.server import serial_server as cjt188_server
+        from collector.simulator.cjt188 import Cjt188Slave
+        from collector.simulator.cjt188 import serial_server as cjt188_server
 
         cslave = Cjt188Slave({a: cjt188_meter(model, a, static=static, overrides=overrides) for a in addresses})
         return Served(

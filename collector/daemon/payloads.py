@@ -1,4 +1,4 @@
-"""The MQTT contract (DESIGN.md §6, docs/platform-contract.md): topics and payloads, in one place."""
+"""The MQTT contract (docs/design.md §6, docs/platform-contract.md): topics and payloads, in one place."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import time
 from typing import Any
 
 from collector import __version__
-from collector.buffer import KIND_EVENT, KIND_INTERVAL, KIND_READING, QUALITIES, Row, finite, ms_iso, seconds_iso
 from collector.config import Config, Meter
+from collector.daemon.buffer import KIND_EVENT, KIND_INTERVAL, KIND_READING, QUALITIES, Row, finite, ms_iso, seconds_iso
 from drivers.model import Model
 
 PAYLOAD_VERSION = 1

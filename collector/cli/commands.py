@@ -1,4 +1,4 @@
-"""The command line (DESIGN.md §5): parse, call, render. Exit codes: 0 ok, 1 a meter failed, 2 usage
+"""The command line (docs/design.md §5): parse, call, render. Exit codes: 0 ok, 1 a meter failed, 2 usage
 or config error."""
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from collector import __version__, logs
-from collector.calibration import GOOD, Reading
+from collector import __version__
+from collector.cli import logs
 from collector.config import Config, load_config
+from collector.daemon.calibration import GOOD, Reading
 from drivers import registry
 from drivers.source import ProblemsError
 
@@ -49,7 +50,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_read(args: argparse.Namespace) -> int:
-    from collector.bus import read_once
+    from collector.daemon.bus import read_once
 
     config = _load(args.config, check_files=False)
     if config is None:
@@ -66,7 +67,7 @@ def cmd_read(args: argparse.Namespace) -> int:
             return EXIT_USAGE
         meters = [m for m in meters if m.id in args.meter]
     readings = asyncio.run(read_once(config, meters, with_hidden=args.raw))
-    from collector.counters import Ledger
+    from collector.daemon.counters import Ledger
 
     ledger = Ledger(config.consumption_interval)
     for r in readings:
@@ -197,7 +198,7 @@ def _hostport(text: str, default_port: int) -> tuple[str, int]:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from collector.simulator import make_server
+    from collector.simulator.meters import make_server
 
     try:
         model = registry.load(args.model, Path.cwd())
@@ -248,8 +249,8 @@ def _assignment(text: str) -> tuple[str, float]:
 
 
 def cmd_scan(args: argparse.Namespace) -> int:
-    from collector import scan
-    from collector.simulator import parse_ids
+    from collector.cli import scan
+    from collector.simulator.meters import parse_ids
     from drivers.errors import NotConnected
     from drivers.modbus.transport import Link
     from drivers.serialline import SerialLine
@@ -308,7 +309,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from collector.daemon import run
+    from collector.daemon.service import run
 
     return run(args.config)
 
@@ -316,8 +317,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_buffer(args: argparse.Namespace) -> int:
     import sqlite3
 
-    from collector.buffer import Buffer, CorruptBuffer
-    from collector.payloads import Topics, message
+    from collector.daemon.buffer import Buffer, CorruptBuffer
+    from collector.daemon.payloads import Topics, message
 
     config = _load(args.config, check_files=False)
     if config is None:
@@ -350,7 +351,7 @@ def cmd_buffer(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from collector.demo import run_demo
+    from collector.simulator.demo import run_demo
 
     return run_demo(duration=args.duration, outage=args.outage, broker=args.broker)
 

@@ -1,6 +1,6 @@
 """SunSpec: find what a PV inverter declares and read it without a hand-written map.
 
-Discovery (SunSpec Information Model specification, ../shared/reference §4.5): the marker "SunS"
+Discovery (SunSpec Information Model specification, docs/reference/protocols-and-meters.md §4.5): the marker "SunS"
 (0x5375 0x6E53) at holding register 40000, 0 or 50000 (0-based), then a chain of model blocks, each
 ``ID, L, L registers``, ending with ID 0xFFFF. The layouts of models 1, 101, 102, 103 and 160 come
 from the SunSpec Alliance's own definitions shipped in pysunspec2 (``sunspec2/models/json``), not

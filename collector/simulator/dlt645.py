@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 
+from collector.simulator.serial import FrameSlaveServer
 from drivers.dlt645 import frame
-from drivers.serialserver import FrameSlaveServer
 
 #: a meter: data identifier -> value bytes (least significant first), or None for "no such data"
 MeterData = Callable[[int], bytes | None]

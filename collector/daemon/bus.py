@@ -14,9 +14,9 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from collector.calibration import Reading, calibrate
 from collector.config import Bus, Config, Meter
-from collector.health import BusHealth, Health
+from collector.daemon.calibration import Reading, calibrate
+from collector.daemon.health import BusHealth, Health
 from drivers.dlt645.device import Dlt645Reader
 from drivers.errors import CannotOpen, TransportError
 from drivers.modbus.planner import DEFAULT_GAP_SERIAL, DEFAULT_GAP_TCP

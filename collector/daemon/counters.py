@@ -26,8 +26,8 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from collector.calibration import Reading, ratio_factor
 from collector.config import Meter
+from collector.daemon.calibration import Reading, ratio_factor
 from drivers.modbus.codec import type_range
 from drivers.model import DataType, Point
 from drivers.quantities import Nature

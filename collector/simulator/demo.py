@@ -25,11 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from collector.config import load_config
-from collector.daemon import Daemon
-from collector.minibroker import MiniBroker
-from collector.simulator import SimulatedMeter
+from collector.daemon.service import Daemon
+from collector.simulator.meters import SimulatedMeter
+from collector.simulator.minibroker import MiniBroker
+from collector.simulator.modbus import SerialServer, Slave, TcpServer
 from drivers import registry
-from drivers.modbus.server import SerialServer, Slave, TcpServer
 
 GATEWAY = "demo-gw"
 INTERVAL = "2s"

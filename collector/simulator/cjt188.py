@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 
+from collector.simulator.serial import FrameSlaveServer
 from drivers.cjt188 import frame
-from drivers.serialserver import FrameSlaveServer
 
 #: a meter: -> (current m³, settlement-day m³, clock YYYYMMDDhhmmss, status)
 MeterData = Callable[[], tuple[float, float, str, int]]

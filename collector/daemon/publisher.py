@@ -48,10 +48,10 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from collector import payloads
-from collector.buffer import AsyncBuffer, Row
 from collector.config import Mqtt
-from collector.supervisor import Supervisor
+from collector.daemon import payloads
+from collector.daemon.buffer import AsyncBuffer, Row
+from collector.daemon.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 

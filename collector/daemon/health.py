@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-log = logging.getLogger("collector.health")
+log = logging.getLogger("collector.daemon.health")
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""The SQLite outbox (DESIGN.md §7): every message is durable here before it is published.
+"""The SQLite outbox (docs/design.md §7): every message is durable here before it is published.
 
 * One file, WAL, ``synchronous=FULL``, one transaction per batch: a batch of readings is on the
   card before anything is sent, and an acknowledged delete is not rolled back by a power cut.

@@ -14,9 +14,9 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from drivers import registry, sunspec
+from drivers import registry
 from drivers.errors import BadReply, ExceptionReply, NoReply, NotConnected, TransportError
-from drivers.modbus import codec
+from drivers.modbus import codec, sunspec
 from drivers.modbus.transport import Link, ModbusTransport
 from drivers.model import Function
 from drivers.serialline import SerialLine

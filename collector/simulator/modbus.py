@@ -1,7 +1,7 @@
 """The slave side of Modbus, for the simulator: TCP (MBAP), RTU over TCP, RTU on a serial device.
 
 Written on the frame level rather than on pymodbus's server because the simulator must behave like
-a real RS-485 bus where pymodbus does not (../shared/LIBRARIES.md): a unit id nobody answers to
+a real RS-485 bus where pymodbus does not (docs/reference/libraries.md): a unit id nobody answers to
 stays *silent* on a serial line (pymodbus answers exception 4), and replies can be delayed by the
 time the bytes would take on the wire at the configured baud rate, so bus timing can be measured on
 a pty, which ignores baud rates. Being independent of pymodbus also makes the integration tests a
@@ -18,7 +18,8 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Protocol
 
-from drivers.serialserver import SerialPortServer
+from collector.simulator.serial import SerialPortServer
+from drivers.modbus.rtu import crc16, rtu_frame
 
 log = logging.getLogger(__name__)
 
@@ -26,27 +27,6 @@ ILLEGAL_FUNCTION = 1
 ILLEGAL_ADDRESS = 2
 ILLEGAL_VALUE = 3
 GATEWAY_TARGET_FAILED = 11
-
-
-def _crc_table() -> list[int]:
-    table = []
-    for byte in range(256):
-        crc = byte
-        for _ in range(8):
-            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
-        table.append(crc)
-    return table
-
-
-_CRC_TABLE = _crc_table()
-
-
-def crc16(data: bytes) -> bytes:
-    """Modbus RTU CRC-16 (poly 0xA001, init 0xFFFF), low byte first as sent on the wire."""
-    crc = 0xFFFF
-    for b in data:
-        crc = (crc >> 8) ^ _CRC_TABLE[(crc ^ b) & 0xFF]
-    return struct.pack("<H", crc)
 
 
 class Device(Protocol):
@@ -125,11 +105,6 @@ def split_rtu(buffer: bytearray) -> tuple[int, bytes] | None:
             return frame[0], frame[1:-2]
         del buffer[:1]
     return None
-
-
-def rtu_frame(unit: int, pdu: bytes) -> bytes:
-    body = bytes([unit]) + pdu
-    return body + crc16(body)
 
 
 class SerialServer(SerialPortServer):
