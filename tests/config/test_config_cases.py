@@ -73,9 +73,6 @@ def test_a_site_model_file_by_path(tmp_path: Path) -> None:
     assert m.name == "acme-em1" and m.point("energy_import").unit == "kWh"
     # A broken site model is reported with its own file and line.
     (tmp_path / "models" / "acme-em1.yaml").write_text("vendor: Acme\nmodel: EM1\nkind: electricity\n")
-    from drivers import registry
-
-    registry._cache.clear()
     with pytest.raises(ProblemsError) as err:
         load_config(tmp_path / "site.yaml")
     assert "acme-em1.yaml:1 protocol: is required" in err.value.render()
