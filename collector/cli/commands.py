@@ -353,7 +353,7 @@ def cmd_buffer(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from collector.simulator.demo import run_demo
 
-    return run_demo(duration=args.duration, outage=args.outage, broker=args.broker)
+    return run_demo(duration=args.duration, outage=args.outage)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -436,12 +436,6 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="simulated meters read end to end on this machine")
     d.add_argument("--duration", type=float, default=20.0, help="seconds to run (default 20; 0: until Ctrl-C)")
     d.add_argument("--outage", type=float, default=5.0, help="seconds the uplink is cut midway (0: none)")
-    d.add_argument(
-        "--broker",
-        choices=("auto", "embedded"),
-        default="auto",
-        help="auto: Mosquitto when installed, else the embedded broker",
-    )
     d.set_defaults(func=cmd_demo)
     return p
 

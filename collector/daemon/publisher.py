@@ -587,3 +587,20 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError | socket.timeout):
         return "timed out"
     return str(exc) or type(exc).__name__
+
+
+class Subscription:
+    """The platform's side, for the demo: subscribe at QoS 1 and hand each message to ``sink`` (from
+    paho's own thread). Kept here so that paho-mqtt is imported by this module alone."""
+
+    def __init__(self, host: str, port: int, topic: str, sink: Callable[[tuple[str, bytes]], None]) -> None:
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"platform-{port}", protocol=mqtt.MQTTv311)
+        c.on_connect = lambda cl, u, f, rc, p: cl.subscribe(topic, qos=1)
+        c.on_message = lambda cl, u, m: sink((m.topic, bytes(m.payload)))
+        c.connect(host, port)
+        c.loop_start()
+        self.client = c
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()

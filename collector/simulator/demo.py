@@ -2,9 +2,10 @@
 
 Simulated meters on Modbus TCP, RTU over TCP and, when socat is installed, RTU on a pty pair (a
 virtual RS-485 line, with one address nobody answers to); the daemon with a temporary buffer; a
-broker (Mosquitto when it is on PATH, else a small embedded one); and a live view of what the
-platform receives. Midway the daemon's uplink is cut for a few seconds: the readings taken during
-the cut wait in the buffer and arrive when it is back, and the summary checks that seq has no gap.
+Mosquitto as the platform's broker (bash scripts/demo installs it); and a live view of what the
+platform receives, through the project's own MQTT module. Midway the daemon's uplink is cut for a
+few seconds: the readings taken during the cut wait in the buffer and arrive when it is back, and
+the summary checks that seq has no gap.
 """
 
 from __future__ import annotations
@@ -25,9 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from collector.config import load_config
+from collector.daemon.buffer import Buffer
+from collector.daemon.publisher import Subscription
 from collector.daemon.service import Daemon
 from collector.simulator.meters import SimulatedMeter
-from collector.simulator.minibroker import MiniBroker
 from collector.simulator.modbus import SerialServer, Slave, TcpServer
 from drivers import registry
 
@@ -109,18 +111,10 @@ class View:
     """The platform's side: a subscriber printing what arrives."""
 
     def __init__(self, port: int) -> None:
-        import paho.mqtt.client as mqtt
-        from paho.mqtt.enums import CallbackAPIVersion
-
         self.inbox: queue.Queue[tuple[str, bytes]] = queue.Queue()
         self.seqs: set[int] = set()
         self.readings: dict[str, int] = {}
-        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="demo-platform", protocol=mqtt.MQTTv311)
-        c.on_connect = lambda cl, u, f, rc, p: cl.subscribe(f"meters/{GATEWAY}/#", qos=1)
-        c.on_message = lambda cl, u, m: self.inbox.put((m.topic, bytes(m.payload)))
-        c.connect("127.0.0.1", port)
-        c.loop_start()
-        self.client = c
+        self.subscription = Subscription("127.0.0.1", port, f"meters/{GATEWAY}/#", self.inbox.put)
 
     def show(self) -> None:
         while True:
@@ -152,8 +146,7 @@ class View:
                 print(f"  status: {body['state']}")
 
     def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
+        self.subscription.close()
 
 
 def _ts(iso: str) -> float:
@@ -162,32 +155,34 @@ def _ts(iso: str) -> float:
     return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
 
 
-async def _broker(tmp: Path, prefer: str) -> tuple[int, Any]:
+class NoBroker(Exception):
+    """Mosquitto is not installed, or did not start."""
+
+
+async def _broker(tmp: Path) -> tuple[int, subprocess.Popen[bytes]]:
+    """Debian's Mosquitto on a free loopback port, with a config of the demo's own."""
     exe = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None)
-    if prefer != "embedded" and exe:
-        port = free_port()
-        conf = tmp / "mosquitto.conf"
-        user = "user root\n" if os.geteuid() == 0 else ""
-        conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n{user}")
-        proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for _ in range(200):
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    print(f"broker: Mosquitto on 127.0.0.1:{port}")
-                    return port, proc
-            await asyncio.sleep(0.02)
-        proc.kill()
-        print("(Mosquitto did not start; using the embedded broker)")
-    broker = MiniBroker()
-    await broker.start()
-    print(f"broker: embedded (Mosquitto not found) on 127.0.0.1:{broker.port}")
-    return broker.port, broker
+    if exe is None:
+        raise NoBroker("the demo needs Mosquitto: apt-get install mosquitto (bash scripts/demo installs it)")
+    port = free_port()
+    conf = tmp / "mosquitto.conf"
+    user = "user root\n" if os.geteuid() == 0 else ""
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n{user}")
+    proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(250):
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                print(f"broker: Mosquitto on 127.0.0.1:{port}")
+                return port, proc
+        await asyncio.sleep(0.02)
+    proc.kill()
+    raise NoBroker(f"Mosquitto ({exe}) did not start on 127.0.0.1:{port}")
 
 
-async def _demo(tmp: Path, duration: float, outage: float, prefer_broker: str) -> int:
+async def _demo(tmp: Path, duration: float, outage: float) -> int:
     servers: list[Any] = []
     socat: subprocess.Popen[bytes] | None = None
-    broker: Any = None
+    broker: subprocess.Popen[bytes] | None = None
     relay: Relay | None = None
     view: View | None = None
     daemon: Daemon | None = None
@@ -220,7 +215,7 @@ async def _demo(tmp: Path, duration: float, outage: float, prefer_broker: str) -
             rtu_bus, rtu_meters = RTU_BUS.format(dev=b), RTU_METERS.format(iv=INTERVAL)
         else:
             print("(socat not found: no virtual RS-485 line; `apt-get install socat` adds one)")
-        broker_port, broker = await _broker(tmp, prefer_broker)
+        broker_port, broker = await _broker(tmp)
         relay = Relay(broker_port)
         await relay.start()
         path = tmp / "demo.yaml"
@@ -268,23 +263,22 @@ async def _demo(tmp: Path, duration: float, outage: float, prefer_broker: str) -
             await relay.cut()
         for s in servers:
             await s.stop()
-        if isinstance(broker, MiniBroker):
-            await broker.stop()
-        elif broker is not None:
+        if broker is not None:
             broker.terminate()
+            broker.wait(10)
         if socat is not None:
             socat.terminate()
     return _summary(view, tmp)
 
 
-def _summary(view: View, tmp: Path) -> int:
-    import sqlite3
-
+def _summary(view: View | None, tmp: Path) -> int:
+    if view is None:
+        return 1
     seqs = sorted(view.seqs)
     gap_free = bool(seqs) and seqs == list(range(seqs[0], seqs[-1] + 1))
-    conn = sqlite3.connect(tmp / "buffer.db")
-    left = conn.execute("SELECT count(*) FROM outbox").fetchone()[0]
-    conn.close()
+    buffer = Buffer(tmp / "buffer.db")
+    left = buffer.depth()
+    buffer.close()
     print("\nsummary:")
     for meter, n in sorted(view.readings.items()):
         print(f"  {meter:<13} {n} readings")
@@ -296,12 +290,15 @@ def _summary(view: View, tmp: Path) -> int:
     return 0 if gap_free else 1
 
 
-def run_demo(duration: float = 20.0, outage: float = 5.0, broker: str = "auto") -> int:
+def run_demo(duration: float = 20.0, outage: float = 5.0) -> int:
     logging.getLogger().setLevel(logging.WARNING)
     with tempfile.TemporaryDirectory(prefix="mc-demo-") as tmp:
         try:
-            code = asyncio.run(_demo(Path(tmp), duration, outage, broker))
+            code = asyncio.run(_demo(Path(tmp), duration, outage))
         except KeyboardInterrupt:
             code = 0
+        except NoBroker as exc:
+            print(f"demo: {exc}", file=sys.stderr)
+            code = 2
     sys.stdout.flush()
     return code

@@ -1,8 +1,6 @@
-"""`meter-collector demo` end to end, with Mosquitto and with the embedded broker."""
+"""`meter-collector demo` end to end, with Mosquitto."""
 
 from __future__ import annotations
-
-import pytest
 
 from tests.conftest import cli
 
@@ -18,13 +16,12 @@ from tests.conftest import cli
 DEMO = ("demo", "--duration", "21", "--outage", "7")
 
 
-@pytest.mark.parametrize("broker", ["auto", "embedded"])
-def test_demo_delivers_everything_through_an_uplink_cut(broker: str) -> None:
-    out = cli(*DEMO, "--broker", broker, timeout=90)
+def test_demo_delivers_everything_through_an_uplink_cut() -> None:
+    out = cli(*DEMO, timeout=90)
     text = out.stdout
     context = text[-4000:] + out.stderr[-2000:]
     assert out.returncode == 0, context
-    assert ("Mosquitto on" in text) if broker == "auto" else ("embedded" in text), context
+    assert "Mosquitto on" in text, context
     assert "uplink cut" in text and "uplink back" in text, context
     assert "(from the buffer)" in text, context
     assert "no gap; 0 message(s) left in the buffer" in text, context

@@ -49,6 +49,10 @@ def test_the_daemon_never_imports_the_cli_or_the_simulator() -> None:
 
 def test_each_protocol_library_behind_one_module() -> None:
     assert importers("pymodbus") == {"drivers/modbus/transport.py"}
-    # The demo's viewer is the one exception left (docs/architecture.md).
-    assert importers("paho") == {"collector/daemon/publisher.py", "collector/simulator/demo.py"}
+    assert importers("paho") == {"collector/daemon/publisher.py"}
     assert importers("apscheduler") == {"collector/daemon/scheduler.py"}
+
+
+def test_no_mqtt_broker_of_our_own_ships() -> None:
+    suspects = [p for p in files("collector") if "broker" in p.name]
+    assert not suspects
