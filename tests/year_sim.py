@@ -115,11 +115,11 @@ def main() -> None:
         )
         out = ledger.process(m, reading)
         records.append(Record("office", t, t, reading.values, reading.quality, reading.errors))
-        intervals += out.intervals  # type: ignore[arg-type]
-        events += out.events  # type: ignore[arg-type]
+        intervals += out.intervals
+        events += out.events
         dirty.update({k: Ledger.dump(s) for k, s in out.state.items()})
         if i % 96 == 95 or i == POLLS:
-            buf.append(records, events, intervals, dirty)  # type: ignore[arg-type]
+            buf.append(records, events, intervals, dirty)
             records, intervals, events, dirty = [], [], [], {}
     buf.close()
 

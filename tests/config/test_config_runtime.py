@@ -124,7 +124,7 @@ def test_an_unreadable_password_file(tmp_path: Path) -> None:
 
 def test_an_unreadable_file_as_any_user(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pw = secret(tmp_path)
-    monkeypatch.setattr(config_module.os, "access", lambda *a, **k: False)
+    monkeypatch.setattr(os, "access", lambda *a, **k: False)
     path = site(tmp_path, with_mqtt(f"password_file: {pw}").replace("path: buffer.db", "path: ':memory:'"))
     assert errors(path) == [f"{path}:5 mqtt.password_file: {pw} is not readable (Permission denied)"]
 
@@ -222,7 +222,7 @@ def test_storage_in_a_folder_this_user_cannot_write(tmp_path: Path) -> None:
 
 
 def test_storage_where_this_user_cannot_write_as_any_user(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(config_module.os, "access", lambda *a, **k: False)
+    monkeypatch.setattr(os, "access", lambda *a, **k: False)
     path = site(tmp_path, storage(f"{tmp_path}/buffer.db"))
     [problem] = errors(path)
     assert problem.startswith(f"{path}:{STORAGE_LINE} storage.path: {tmp_path}/buffer.db cannot be written: user ")
@@ -230,7 +230,7 @@ def test_storage_where_this_user_cannot_write_as_any_user(tmp_path: Path, monkey
 
 
 def test_the_default_storage_is_checked_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(config_module.os, "access", lambda *a, **k: False)
+    monkeypatch.setattr(os, "access", lambda *a, **k: False)
     path = site(tmp_path, VALID.replace("storage:\n  path: buffer.db", "storage: {}"))
     [problem] = errors(path)
     assert "storage.path: /var/lib/meter-collector/buffer.db cannot be" in problem

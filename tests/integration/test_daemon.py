@@ -113,10 +113,12 @@ def test_sigkill_twice_while_polling_loses_no_stored_reading(
     try:
         for _ in range(2):
             d = DaemonProcess(config, tmp_path / "daemon.log")
+
             # Kill it while it polls: once it has committed a few new readings, not after a fixed time.
-            committed = wait_until(
-                lambda old=frozenset(stored_before): at_least(3, buffered(db) - old), 30, "3 new stored readings"
-            )
+            def three_new(old: frozenset[int] = frozenset(stored_before)) -> set[int]:
+                return at_least(3, buffered(db) - old)
+
+            committed = wait_until(three_new, 30, "3 new stored readings")
             d.kill()
             seqs, integrity = stored(db)
             assert integrity == "ok"

@@ -4,6 +4,7 @@ a topic: each with its own Mosquitto."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,9 @@ from tests.mqtt_parts import Mosquitto, Subscriber, make_certs
 SECRET = "s3cret-Pa55-for-gw1"
 
 
-def run_until(sub: Subscriber, daemon: DaemonProcess, predicate: object, timeout: float, what: str) -> None:
+def run_until(
+    sub: Subscriber, daemon: DaemonProcess, predicate: Callable[[], object], timeout: float, what: str
+) -> None:
     try:
         sub.wait_for(predicate, timeout, what)
     finally:

@@ -27,7 +27,7 @@ def log_lines(journal: bool) -> str:
         "log.info('fine')\n"
         "try:\n    1 / 0\nexcept ZeroDivisionError:\n    log.exception('task writer failed')\n"
     )
-    subprocess.run([sys.executable, "-c", code], stderr=theirs, env=env, cwd=ROOT, check=True, timeout=30)
+    subprocess.run([sys.executable, "-c", code], stderr=theirs.fileno(), env=env, cwd=ROOT, check=True, timeout=30)
     theirs.close()
     ours.settimeout(10)
     data = b""

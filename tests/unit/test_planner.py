@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
+from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -13,10 +14,10 @@ from drivers.modbus.planner import DEFAULT_GAP_SERIAL, DEFAULT_GAP_TCP, plan
 from drivers.model import DataType, Function, Model, Point
 
 
-def model(points: list[Point], **kw: object) -> Model:
+def model(points: list[Point], **kw: Any) -> Model:
     return Model(
         name="t-m", vendor="t", model="m", kind="electricity", protocol="modbus", manual="t", points=tuple(points), **kw
-    )  # type: ignore[arg-type]
+    )
 
 
 def test_sdm630_seven_points_over_0x0000_0x0049_cost_at_most_three_requests() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -52,7 +53,7 @@ def test_backoff_is_exponential_and_capped() -> None:
 
 
 def test_a_clock_before_the_build_is_never_synchronised(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(clock.time, "time", lambda: 86400.0 * 365)  # 1971
+    monkeypatch.setattr(time, "time", lambda: 86400.0 * 365)  # 1971: clock.synchronised reads time.time()
     assert not clock.synchronised("none")
     monkeypatch.undo()
     assert clock.synchronised("none")

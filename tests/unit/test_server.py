@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from collector.simulator.modbus import Slave, crc16, rtu_frame, split_rtu
+from collector.simulator.modbus import Slave, split_rtu
+from drivers.modbus.rtu import crc16, rtu_frame
 
 #: function codes whose request length split_rtu knows: a buffer starting with one may still complete
 KNOWN_LENGTH = (1, 2, 3, 4, 5, 6, 15, 16)
