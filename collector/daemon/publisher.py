@@ -384,7 +384,9 @@ class Publisher:
             await asyncio.sleep(0.05)
 
     def _drop_connection(self) -> None:
-        """Close a connection that never got going; paho reports it as a disconnect."""
+        """Close a connection that never got going; paho reports it as a disconnect (already logged
+        as what it is: not as a broker that hung up)."""
+        self._connack = True
         if self._client is not None:
             sock = self._client.socket()
             if isinstance(sock, socket.socket):

@@ -235,6 +235,37 @@ def test_a_broker_that_hangs_up_before_connack_is_named(tmp_path: Path, simulato
         hang.close()
 
 
+class Silent(HangUp):
+    """Accepts and reads, never answers: a port that is not an MQTT broker's."""
+
+    def _run(self) -> None:
+        self.conns: list[socket.socket] = []
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            self.conns.append(conn)
+
+
+def test_a_port_that_never_answers_connect_is_named_once(tmp_path: Path, simulator: type[Simulator]) -> None:
+    sim_port = sdm120s(simulator, 1)
+    silent = Silent()
+    daemon = DaemonProcess(
+        site_config(tmp_path, mqtt_url=f"mqtt://127.0.0.1:{silent.port}", sim_port=sim_port, meters=1),
+        tmp_path / "daemon.log",
+    )
+    try:
+        wait_until(lambda: "no answer to CONNECT" in daemon.log(), 40, "the silent port in the log")
+        wait_until(lambda: silent.accepted >= 3, 60, "three attempts")
+        log = daemon.log()
+        assert log.count("no answer to CONNECT") == 1 and "before answering CONNECT" not in log
+    finally:
+        daemon.finish()
+        silent.close()
+
+
 def test_the_first_buffered_reading_arrives_within_8_s_of_the_brokers_return(
     tmp_path: Path, broker: Mosquitto, simulator: type[Simulator]
 ) -> None:
