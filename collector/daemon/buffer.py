@@ -76,6 +76,68 @@ def _ms(ts: datetime) -> int:
     return int(ts.timestamp() * 1000)
 
 
+def _ranges(seqs: list[int]) -> list[tuple[int, int]]:
+    """Ascending seqs as (first, last) runs."""
+    out: list[tuple[int, int]] = []
+    for s in seqs:
+        if out and s == out[-1][1] + 1:
+            out[-1] = (out[-1][0], s)
+        else:
+            out.append((s, s))
+    return out
+
+
+MAX_RANGES = 200  #: a drop report names at most this many runs; beyond, the closest runs are joined
+
+
+def _merge(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Sorted, joined runs. Past MAX_RANGES runs the smallest gaps are closed: the report then also
+    names seqs that were delivered (a message that arrives is always right; a named seq that never
+    arrives is explained)."""
+    out: list[tuple[int, int]] = []
+    for a, b in sorted(spans):
+        if out and a <= out[-1][1] + 1:
+            out[-1] = (out[-1][0], max(b, out[-1][1]))
+        else:
+            out.append((a, b))
+    while len(out) > MAX_RANGES:
+        i = min(range(len(out) - 1), key=lambda k: out[k + 1][0] - out[k][1])
+        out[i : i + 2] = [(out[i][0], out[i + 1][1])]
+    return out
+
+
+SEQ_BLOCK = 100_000  #: seqs reserved per write of the high-water mark file
+
+
+class CorruptBuffer(Exception):
+    """The buffer file is not a readable SQLite database."""
+
+
+def _corrupt(exc: sqlite3.DatabaseError) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+    return "malformed" in str(exc) or "not a database" in str(exc)
+
+
+def _salvage(path: str) -> tuple[list[int] | None, int | None]:
+    """What can still be read of a corrupt buffer: its unsent seqs and its next seq."""
+    seqs: list[int] | None = None
+    next_seq: int | None = None
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    except sqlite3.Error:
+        return None, None
+    with contextlib.closing(conn):
+        with contextlib.suppress(sqlite3.Error, TypeError, ValueError):
+            next_seq = int(conn.execute("SELECT value FROM state WHERE key = 'next_seq'").fetchone()[0])
+        with contextlib.suppress(sqlite3.Error):
+            seqs = [int(r[0]) for r in conn.execute("SELECT seq FROM outbox ORDER BY seq")]
+    if seqs and next_seq is None:
+        next_seq = seqs[-1] + 1
+    return seqs, next_seq
+
+
 class Buffer:
     conn: sqlite3.Connection
     next_seq: int
@@ -554,68 +616,8 @@ class Buffer:
         self.conn.close()
 
 
-def _ranges(seqs: list[int]) -> list[tuple[int, int]]:
-    """Ascending seqs as (first, last) runs."""
-    out: list[tuple[int, int]] = []
-    for s in seqs:
-        if out and s == out[-1][1] + 1:
-            out[-1] = (out[-1][0], s)
-        else:
-            out.append((s, s))
-    return out
-
-
-MAX_RANGES = 200  #: a drop report names at most this many runs; beyond, the closest runs are joined
-
-
-def _merge(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """Sorted, joined runs. Past MAX_RANGES runs the smallest gaps are closed: the report then also
-    names seqs that were delivered (a message that arrives is always right; a named seq that never
-    arrives is explained)."""
-    out: list[tuple[int, int]] = []
-    for a, b in sorted(spans):
-        if out and a <= out[-1][1] + 1:
-            out[-1] = (out[-1][0], max(b, out[-1][1]))
-        else:
-            out.append((a, b))
-    while len(out) > MAX_RANGES:
-        i = min(range(len(out) - 1), key=lambda k: out[k + 1][0] - out[k][1])
-        out[i : i + 2] = [(out[i][0], out[i + 1][1])]
-    return out
-
-
 P = ParamSpec("P")
 T = TypeVar("T")
-SEQ_BLOCK = 100_000  #: seqs reserved per write of the high-water mark file
-
-
-class CorruptBuffer(Exception):
-    """The buffer file is not a readable SQLite database."""
-
-
-def _corrupt(exc: sqlite3.DatabaseError) -> bool:
-    code = getattr(exc, "sqlite_errorcode", None)
-    if code is not None:
-        return code & 0xFF in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
-    return "malformed" in str(exc) or "not a database" in str(exc)
-
-
-def _salvage(path: str) -> tuple[list[int] | None, int | None]:
-    """What can still be read of a corrupt buffer: its unsent seqs and its next seq."""
-    seqs: list[int] | None = None
-    next_seq: int | None = None
-    try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    except sqlite3.Error:
-        return None, None
-    with contextlib.closing(conn):
-        with contextlib.suppress(sqlite3.Error, TypeError, ValueError):
-            next_seq = int(conn.execute("SELECT value FROM state WHERE key = 'next_seq'").fetchone()[0])
-        with contextlib.suppress(sqlite3.Error):
-            seqs = [int(r[0]) for r in conn.execute("SELECT seq FROM outbox ORDER BY seq")]
-    if seqs and next_seq is None:
-        next_seq = seqs[-1] + 1
-    return seqs, next_seq
 
 
 class AsyncBuffer:

@@ -187,16 +187,20 @@ def daemon_cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "collector.cli", *args]
 
 
-class HangUp:
-    """A TCP listener that accepts and closes at once: MQTT 5 against a 3.1.1-only broker, a proxy."""
+class NotABroker:
+    """A TCP listener that accepts a connection and never answers CONNECT: with ``hang_up`` it reads
+    the CONNECT and closes (MQTT 5 against a 3.1.1-only broker, a proxy); without, it keeps the
+    connection open and silent (a port that is not an MQTT broker's)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, hang_up: bool) -> None:
+        self.hang_up = hang_up
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(8)
         self.port = self.sock.getsockname()[1]
         self.accepted = 0
+        self.conns: list[socket.socket] = []
         threading.Thread(target=self._run, daemon=True).start()
 
     def _run(self) -> None:
@@ -206,6 +210,9 @@ class HangUp:
             except OSError:
                 return
             self.accepted += 1
+            if not self.hang_up:
+                self.conns.append(conn)
+                continue
             with contextlib.suppress(OSError):
                 conn.recv(1024)  # the CONNECT
             conn.close()
@@ -216,54 +223,35 @@ class HangUp:
         self.sock.close()
 
 
-def test_a_broker_that_hangs_up_before_connack_is_named(tmp_path: Path, simulator: type[Simulator]) -> None:
+@pytest.mark.parametrize(
+    ("hang_up", "said", "attempts"),
+    [(True, "before answering CONNECT", 4), (False, "no answer to CONNECT", 3)],
+    ids=["hangs-up", "silent"],
+)
+def test_a_port_that_is_not_a_broker_is_named_once(
+    tmp_path: Path, simulator: type[Simulator], hang_up: bool, said: str, attempts: int
+) -> None:
     sim_port = sdm120s(simulator, 1)
-    hang = HangUp()
+    peer = NotABroker(hang_up=hang_up)
     daemon = DaemonProcess(
-        site_config(tmp_path, mqtt_url=f"mqtt://127.0.0.1:{hang.port}", sim_port=sim_port, meters=1),
+        site_config(tmp_path, mqtt_url=f"mqtt://127.0.0.1:{peer.port}", sim_port=sim_port, meters=1),
         tmp_path / "daemon.log",
     )
     try:
-        wait_until(lambda: "before answering CONNECT" in daemon.log(), 30, "the hang-up in the log")
-        line = next(x for x in daemon.log().splitlines() if "before answering CONNECT" in x)
-        assert f"127.0.0.1:{hang.port}" in line and 'protocol: "3.1.1"' in line
-        # Logged once, though it is retried every few seconds.
-        wait_until(lambda: hang.accepted >= 4, 30, "four attempts")
-        assert daemon.log().count("before answering CONNECT") == 1
-    finally:
-        daemon.finish()
-        hang.close()
-
-
-class Silent(HangUp):
-    """Accepts and reads, never answers: a port that is not an MQTT broker's."""
-
-    def _run(self) -> None:
-        self.conns: list[socket.socket] = []
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.accepted += 1
-            self.conns.append(conn)
-
-
-def test_a_port_that_never_answers_connect_is_named_once(tmp_path: Path, simulator: type[Simulator]) -> None:
-    sim_port = sdm120s(simulator, 1)
-    silent = Silent()
-    daemon = DaemonProcess(
-        site_config(tmp_path, mqtt_url=f"mqtt://127.0.0.1:{silent.port}", sim_port=sim_port, meters=1),
-        tmp_path / "daemon.log",
-    )
-    try:
-        wait_until(lambda: "no answer to CONNECT" in daemon.log(), 40, "the silent port in the log")
-        wait_until(lambda: silent.accepted >= 3, 60, "three attempts")
+        wait_until(lambda: said in daemon.log(), 40, f'"{said}" in the log')
+        line = next(x for x in daemon.log().splitlines() if said in x)
+        assert f"127.0.0.1:{peer.port}" in line
+        if hang_up:
+            assert 'protocol: "3.1.1"' in line
+        # Logged once, though it is retried every few seconds, and as what it is.
+        wait_until(lambda: peer.accepted >= attempts, 60, f"{attempts} attempts")
         log = daemon.log()
-        assert log.count("no answer to CONNECT") == 1 and "before answering CONNECT" not in log
+        assert log.count(said) == 1
+        other = "no answer to CONNECT" if hang_up else "before answering CONNECT"
+        assert other not in log
     finally:
         daemon.finish()
-        silent.close()
+        peer.close()
 
 
 def test_the_first_buffered_reading_arrives_within_8_s_of_the_brokers_return(
