@@ -28,9 +28,10 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from collector.config import Mqtt
-from collector.daemon.buffer import AsyncBuffer, Buffer, Record
+from collector.daemon.buffer import AsyncBuffer, Buffer
 from collector.daemon.payloads import Topics, message
 from collector.daemon.publisher import Publisher
+from collector.daemon.records import Record
 
 WINDOW = int(os.environ.get("WINDOW", "100"))
 
@@ -100,7 +101,7 @@ async def drain(path: Path, port: int, n: int) -> float:
     await pub.start()
     while True:
         await asyncio.sleep(0.5)
-        depth = await buf.call(buf.buffer.depth)
+        depth = await buf.depth()
         if depth == 0:
             break
     elapsed = time.perf_counter() - started

@@ -21,9 +21,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from collector.config import Calibration, Meter, PointCalibration, Replacement
-from collector.daemon.buffer import Buffer, Record
+from collector.daemon.buffer import Buffer
 from collector.daemon.calibration import Reading
 from collector.daemon.counters import Ledger
+from collector.daemon.records import Event, Interval, Record
 from drivers.model import DataType, Function, Model, Point
 from drivers.quantities import Nature, Ratio
 
@@ -98,8 +99,8 @@ def main() -> None:
     buf = Buffer(db, max_age=3650 * 86400, max_size=10**10)
     ledger = Ledger.load(buf.ledger(), interval=STEP)
     records: list[Record] = []
-    intervals: list[dict[str, object]] = []
-    events: list[dict[str, object]] = []
+    intervals: list[Interval] = []
+    events: list[Event] = []
     dirty: dict[tuple[str, str], dict[str, object]] = {}
     for i in range(start, POLLS + 1):
         if i == kill_at:

@@ -27,49 +27,21 @@ import os
 import sqlite3
 import struct
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 import sqlite_utils
 
+from collector.daemon.records import KIND_EVENT, KIND_INTERVAL, KIND_READING, QUALITIES, Event, Interval, Record, Row
+
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 3
-KIND_READING, KIND_EVENT, KIND_INTERVAL = 0, 1, 2
 #: the quality column of an event that retention never drops (the drop reports themselves)
 EVENT_KEPT = 1
-QUALITIES = ("good", "partial", "bad")
-
-
-@dataclass(slots=True)
-class Record:
-    """A reading to store: what the poll produced, before it has a seq."""
-
-    meter: str
-    slot: datetime
-    ts: datetime
-    values: dict[str, float]
-    quality: str = "good"
-    errors: dict[str, str] = field(default_factory=dict)
-    synced: bool = True  #: False: taken while the wall clock was not synchronised
-
-
-@dataclass(slots=True)
-class Row:
-    """A stored message, as the publisher sees it."""
-
-    seq: int
-    kind: int
-    meter: str | None
-    slot: int | None  #: unix seconds
-    ts_ms: int
-    quality: int
-    values: dict[str, float] | None
-    extra: dict[str, Any] | None
 
 
 def _ms(ts: datetime) -> int:
@@ -171,13 +143,13 @@ class Buffer:
             self._load()
         if self.fresh and self._reserved > self.next_seq:
             # A new file where one was before (corrupt, or deleted): continue above what it may have used.
-            lost = lost or {"event": "data_dropped", "reason": "buffer_lost", "first_seq": None, "count": None}
+            lost = lost or {"reason": "buffer_lost", "first_seq": None, "count": None}
             self.next_seq = self._reserved
         if lost is not None:
             lost.setdefault("last_seq", self.next_seq - 1)
             lost["dropped_total"] = self._state("dropped_total", 0)
             lost["limit"] = None
-            self.append([], [lost], kept=True)
+            self.append([], [Event("data_dropped", None, lost)], kept=True)
 
     def _load(self) -> None:
         self.conn = self._open()
@@ -213,7 +185,7 @@ class Buffer:
             aside,
             f"{len(seqs)} unsent message(s) in it are reported lost" if seqs is not None else "its contents are lost",
         )
-        event: dict[str, Any] = {"event": "data_dropped", "reason": "buffer_corrupt", "moved_to": aside}
+        event: dict[str, Any] = {"reason": "buffer_corrupt", "moved_to": aside}
         if seqs:
             merged = _merge(_ranges(seqs))
             event.update(
@@ -361,8 +333,8 @@ class Buffer:
     def append(
         self,
         records: list[Record],
-        events: list[dict[str, Any]] = (),  # type: ignore[assignment]
-        intervals: list[dict[str, Any]] = (),  # type: ignore[assignment]
+        events: Sequence[Event] = (),
+        intervals: Sequence[Interval] = (),
         ledger: dict[tuple[str, str], dict[str, Any]] | None = None,
         *,
         kept: bool = False,
@@ -406,14 +378,14 @@ class Buffer:
                     seq += 1
                 now = int(time.time() * 1000)
                 for iv in intervals:
-                    body = {k: v for k, v in iv.items() if k != "meter"}
+                    body = iv.body()
                     params.append(
-                        (seq, KIND_INTERVAL, self._meter_id(iv["meter"]), None, now, 0, None, None, json.dumps(body))
+                        (seq, KIND_INTERVAL, self._meter_id(iv.meter), None, now, 0, None, None, json.dumps(body))
                     )
-                    rows.append(Row(seq, KIND_INTERVAL, iv["meter"], None, now, 0, None, body))
+                    rows.append(Row(seq, KIND_INTERVAL, iv.meter, None, now, 0, None, body))
                     seq += 1
-                for e in events:
-                    meter = e.get("meter")
+                for ev in events:
+                    meter, e = ev.meter, ev.body()
                     params.append(
                         (
                             seq,
@@ -575,7 +547,6 @@ class Buffer:
             spans.append((seq, seq))
         merged = _merge(spans)
         event = {
-            "event": "data_dropped",
             "reason": reason,
             "count": sum(b - a + 1 for a, b in merged),
             "first_seq": merged[0][0],
@@ -585,7 +556,7 @@ class Buffer:
             "limit": self.max_age if reason == "max_age" else self.max_size,
         }
         with self._tx():
-            rows = self.append([], [event], kept=True)
+            rows = self.append([], [Event("data_dropped", None, event)], kept=True)
             if earlier:
                 self.conn.executemany("DELETE FROM outbox WHERE seq = ?", [(seq,) for seq, _ in earlier])
         return rows
@@ -624,7 +595,7 @@ class AsyncBuffer:
     """The buffer behind one dedicated thread: SQLite never blocks the event loop or a bus."""
 
     def __init__(self, buffer: Buffer) -> None:
-        self.buffer = buffer
+        self._buffer = buffer
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="buffer")
 
     @classmethod
@@ -638,11 +609,45 @@ class AsyncBuffer:
         self._pool = pool
         return self
 
-    async def call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    async def _call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
 
+    async def append(
+        self,
+        records: list[Record],
+        events: Sequence[Event] = (),
+        intervals: Sequence[Interval] = (),
+        ledger: dict[tuple[str, str], dict[str, Any]] | None = None,
+    ) -> list[Row]:
+        return await self._call(self._buffer.append, records, events, intervals, ledger)
+
+    async def fetch(self, after: int, limit: int) -> list[Row]:
+        return await self._call(self._buffer.fetch, after, limit)
+
+    async def delete(self, seqs: list[int]) -> None:
+        await self._call(self._buffer.delete, seqs)
+
+    async def last_seq(self) -> int:
+        """The seq of the newest stored message (0 before the first)."""
+        return await self._call(lambda: self._buffer.next_seq - 1)
+
+    async def depth(self) -> int:
+        return await self._call(self._buffer.depth)
+
+    async def rows(self) -> list[Row]:
+        return await self._call(lambda: list(self._buffer.rows()))
+
+    async def ledger(self) -> list[tuple[str, str, dict[str, Any]]]:
+        return await self._call(self._buffer.ledger)
+
+    async def enforce_retention(self) -> list[Row]:
+        return await self._call(self._buffer.enforce_retention)
+
+    async def stats(self) -> dict[str, Any]:
+        return await self._call(self._buffer.stats)
+
     async def close(self) -> None:
-        await self.call(self.buffer.close)
+        await self._call(self._buffer.close)
         self._pool.shutdown(wait=True)
 
 

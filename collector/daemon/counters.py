@@ -28,6 +28,7 @@ from typing import Any
 
 from collector.config import Meter
 from collector.daemon.calibration import Reading, ratio_factor
+from collector.daemon.records import Event, Interval
 from drivers.modbus.codec import type_range
 from drivers.model import DataType, Point
 from drivers.quantities import Nature
@@ -86,8 +87,8 @@ def replacement_offset(meter: Meter, point: Point, t: float) -> tuple[float, int
 class Outcome:
     """What the ledger made of one reading."""
 
-    intervals: list[dict[str, Any]] = field(default_factory=list)
-    events: list[dict[str, Any]] = field(default_factory=list)
+    intervals: list[Interval] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
     state: dict[tuple[str, str], PointState] = field(default_factory=dict)  #: changed states to store
 
 
@@ -149,13 +150,15 @@ class Ledger:
                     if st.last_r is not None:
                         st.last_r += reset[1]
             out.events.append(
-                {
-                    "event": "counter_reset",
-                    "meter": meter.id,
-                    "point": point.name,
-                    "cause": "replacement",
-                    "offset": round(offset, 6),
-                }
+                Event(
+                    "counter_reset",
+                    meter.id,
+                    {
+                        "point": point.name,
+                        "cause": "replacement",
+                        "offset": round(offset, 6),
+                    },
+                )
             )
             st.replacements_applied = applied
         r = c + offset
@@ -190,15 +193,17 @@ class Ledger:
         if m is not None and st.last_c >= 0.9 * m and c <= 0.1 * m and c + m - st.last_c <= limit:
             st.auto_offset += m
             out.events.append(
-                {
-                    "event": "counter_reset",
-                    "meter": meter.id,
-                    "point": point.name,
-                    "cause": "rollover",
-                    "from": st.last_c,
-                    "to": c,
-                    "offset": round(st.auto_offset, 6),
-                }
+                Event(
+                    "counter_reset",
+                    meter.id,
+                    {
+                        "point": point.name,
+                        "cause": "rollover",
+                        "from": st.last_c,
+                        "to": c,
+                        "offset": round(st.auto_offset, 6),
+                    },
+                )
             )
             return self._accept(st, c, r, t)
         return self._hold(
@@ -227,15 +232,17 @@ class Ledger:
             st.auto_offset += amount
             st.resets.append((t, amount))
             out.events.append(
-                {
-                    "event": "counter_reset",
-                    "meter": meter.id,
-                    "point": point.name,
-                    "cause": "reset",
-                    "from": st.last_c,
-                    "to": st.suspect_c,
-                    "offset": round(st.auto_offset, 6),
-                }
+                Event(
+                    "counter_reset",
+                    meter.id,
+                    {
+                        "point": point.name,
+                        "cause": "reset",
+                        "from": st.last_c,
+                        "to": st.suspect_c,
+                        "offset": round(st.auto_offset, 6),
+                    },
+                )
             )
             return self._accept(st, c, r, t)
         st.suspect_r, st.suspect_c, st.suspect_t = r, c, t
@@ -249,7 +256,7 @@ class Ledger:
         st.suspect_r = st.suspect_c = None
         return _tidy(r + st.auto_offset)
 
-    def _intervals(self, meter: Meter, point: Point, st: PointState, t: float, p: float) -> list[dict[str, Any]]:
+    def _intervals(self, meter: Meter, point: Point, st: PointState, t: float, p: float) -> list[Interval]:
         size = self.interval
         if st.prev_t is None:
             st.prev_t, st.prev_p = t, p
@@ -258,7 +265,7 @@ class Ledger:
             return []
         if t <= st.prev_t:
             return []  # a clock stepped back: the boundaries up to prev_t are done
-        out: list[dict[str, Any]] = []
+        out: list[Interval] = []
         gap = t - st.prev_t
         first = math.floor(st.prev_t / size) * size + size
         boundary = first
@@ -276,15 +283,7 @@ class Ledger:
                 if boundary - st.b_t > size:
                     q = OUTAGE
                 out.append(
-                    {
-                        "meter": meter.id,
-                        "point": point.name,
-                        "start": st.b_t,
-                        "end": boundary,
-                        "delta": _tidy(max(0.0, value - st.b_p)),
-                        "unit": point.unit,
-                        "quality": q,
-                    }
+                    Interval(meter.id, point.name, st.b_t, boundary, _tidy(max(0.0, value - st.b_p)), point.unit, q)
                 )
             st.b_t, st.b_p, st.b_q = boundary, value, quality
             boundary += size

@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from collector.daemon.records import Event
+
 log = logging.getLogger("collector.daemon.health")
 
 
@@ -37,7 +39,7 @@ class BusHealth:
 
 @dataclass
 class Health:
-    emit: Callable[[dict[str, Any]], None]
+    emit: Callable[[Event], None]
     meters: dict[str, MeterHealth] = field(default_factory=dict)
     buses: dict[str, BusHealth] = field(default_factory=dict)
     missed_slots: int = 0
@@ -52,7 +54,7 @@ class Health:
         if m.down_since is None:
             m.down_since = time.time()
             log.warning('meter "%s" on bus "%s" unavailable: %s', meter_id, bus, reason)
-            self.emit({"event": "meter_offline", "meter": meter_id, "bus": bus, "reason": reason})
+            self.emit(Event("meter_offline", meter_id, {"bus": bus, "reason": reason}))
 
     def mark_up(self, meter_id: str, bus: str) -> None:
         m = self.meter(meter_id)
@@ -60,7 +62,7 @@ class Health:
             down = round(time.time() - m.down_since, 1)
             m.down_since = None
             log.info('meter "%s" on bus "%s" back after %.0f s', meter_id, bus, down)
-            self.emit({"event": "meter_online", "meter": meter_id, "bus": bus, "down_s": down})
+            self.emit(Event("meter_online", meter_id, {"bus": bus, "down_s": down}))
 
     def payload(self, buffer: dict[str, Any], publisher: dict[str, Any]) -> dict[str, Any]:
         return {

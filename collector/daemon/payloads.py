@@ -8,7 +8,8 @@ from typing import Any
 
 from collector import __version__
 from collector.config import Config, Meter
-from collector.daemon.buffer import KIND_EVENT, KIND_INTERVAL, KIND_READING, QUALITIES, Row, finite, ms_iso, seconds_iso
+from collector.daemon.buffer import finite, ms_iso, seconds_iso
+from collector.daemon.records import KIND_EVENT, KIND_INTERVAL, KIND_READING, QUALITIES, Row
 from drivers.model import Model
 
 PAYLOAD_VERSION = 1

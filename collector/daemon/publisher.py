@@ -50,7 +50,8 @@ from paho.mqtt.properties import Properties
 
 from collector.config import Mqtt
 from collector.daemon import payloads
-from collector.daemon.buffer import AsyncBuffer, Row
+from collector.daemon.buffer import AsyncBuffer
+from collector.daemon.records import Row
 from collector.daemon.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
@@ -122,6 +123,7 @@ class Publisher:
         self._backlog: collections.deque[Row] = collections.deque()
         self._cursor = 0
         self._backlog_end = 0
+        self._end_known = True  #: False after a rewind until the pump has read the buffer's last seq
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         self._first = True
@@ -277,7 +279,7 @@ class Publisher:
         self._backlog.clear()
         self._fresh.clear()
         self._rejected.clear()
-        self._backlog_end = self.buffer.buffer.next_seq - 1
+        self._end_known = False  # the pump asks the buffer (in the buffer's thread) before it sends
         self._wake.set()
 
     def offer(self, rows: list[Row]) -> None:
@@ -456,7 +458,7 @@ class Publisher:
                     return row
             if self._cursor >= self._backlog_end:
                 return None
-            rows = await self.buffer.call(self.buffer.buffer.fetch, self._cursor, BACKLOG_CHUNK)
+            rows = await self.buffer.fetch(self._cursor, BACKLOG_CHUNK)
             if not rows:
                 self._cursor = self._backlog_end
                 return None
@@ -477,6 +479,9 @@ class Publisher:
             self._wake.clear()
             self._take_acks()
             while self.connected and len(self._inflight) < self.window:
+                if not self._end_known:
+                    self._end_known = True
+                    self._backlog_end = max(self._backlog_end, await self.buffer.last_seq())
                 turn += 1
                 row = self._next_fresh() if turn % FRESH_SHARE == 0 else None
                 if row is None:
@@ -513,7 +518,7 @@ class Publisher:
             return
         seqs, self._acked_pending = self._acked_pending, []
         try:
-            await self.buffer.call(self.buffer.buffer.delete, seqs)
+            await self.buffer.delete(seqs)
         except (sqlite3.Error, OSError) as exc:
             self._acked_pending = seqs + self._acked_pending
             if str(exc) != self._acks_failed:
@@ -535,7 +540,7 @@ class Publisher:
         deadline = loop.time() + timeout
         while loop.time() < deadline and self.connected:
             self._wake.set()
-            if not self._inflight and not self._fresh and self._cursor >= self._backlog_end:
+            if not self._inflight and not self._fresh and self._end_known and self._cursor >= self._backlog_end:
                 break
             await asyncio.sleep(0.05)
         self._take_acks()

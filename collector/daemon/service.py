@@ -27,6 +27,7 @@ from collector.daemon.bus import BusWorker
 from collector.daemon.counters import Ledger
 from collector.daemon.health import Health
 from collector.daemon.publisher import Publisher
+from collector.daemon.records import Event
 from collector.daemon.scheduler import Poller
 from collector.daemon.supervisor import Supervisor
 from collector.daemon.writer import Writer
@@ -41,40 +42,46 @@ STOP_POLLS = 5.0  #: seconds running polls get to finish on SIGTERM
 
 
 class Daemon:
-    def __init__(self, config: Config) -> None:
-        assert config.mqtt is not None
+    """The running pipeline, built whole from a config and an open buffer (``Daemon.open``)."""
+
+    def __init__(self, config: Config, buffer: AsyncBuffer, ledger: Ledger) -> None:
+        mqtt = config.mqtt
+        assert mqtt is not None
         self.config = config
-        self.workers: dict[str, BusWorker] = {}
-        self.buffer: AsyncBuffer | None = None
-        self.publisher: Publisher | None = None
-        self.writer: Writer | None = None
-        self.poller: Poller | None = None
-        self.health: Health | None = None
+        self.buffer = buffer
         self.supervisor = Supervisor(on_change=self._status_line)
         self._last_status = ""
         self.discovered: dict[str, Any] = {}  #: meter id -> model found by discovery (SunSpec)
-
-    async def start(self) -> None:
-        cfg = self.config
-        assert cfg.mqtt is not None
-        self.buffer = await AsyncBuffer.open(
-            cfg.storage.path, max_age=cfg.storage.max_age, max_size=cfg.storage.max_size
-        )
-        topics = payloads.Topics(cfg.mqtt.topic_prefix, cfg.gateway.id)
+        self.topics = payloads.Topics(mqtt.topic_prefix, config.gateway.id)
         self.publisher = Publisher(
-            cfg.mqtt, cfg.gateway.id, self.buffer, topics, window=cfg.mqtt.max_inflight, on_connect=self._publish_meta
+            mqtt, config.gateway.id, buffer, self.topics, window=mqtt.max_inflight, on_connect=self._publish_meta
         )
-        self.topics = topics
-        ledger = Ledger.load(await self.buffer.call(self.buffer.buffer.ledger), cfg.consumption_interval)
-        self.writer = Writer(self.buffer, self.publisher.offer, cfg.clock.sync_check, cfg, ledger)
+        self.writer = Writer(buffer, self.publisher.offer, config.clock.sync_check, config, ledger)
         self.health = Health(emit=self.writer.event)
-        for name, bus in cfg.buses.items():
-            meters = [m for m in cfg.meters if m.bus == name]
+        self.workers: dict[str, BusWorker] = {}
+        for name, bus in config.buses.items():
+            meters = [m for m in config.meters if m.bus == name]
             if meters:
                 self.workers[name] = BusWorker(
                     bus, meters, self.writer.reading, self.health, on_model=self._publish_discovered
                 )
-        self.poller = Poller(list(cfg.meters), self._enqueue, on_missed=self._missed)
+        self.poller = Poller(list(config.meters), self._enqueue, on_missed=self._missed)
+
+    @classmethod
+    async def open(cls, config: Config) -> Daemon:
+        """Open the buffer (moving a corrupt one aside) and build the pipeline on it."""
+        s = config.storage
+        buffer = await AsyncBuffer.open(s.path, max_age=s.max_age, max_size=s.max_size)
+        try:
+            return cls(config, buffer, Ledger.load(await buffer.ledger(), config.consumption_interval))
+        except BaseException:
+            await buffer.close()
+            raise
+
+    async def start(self) -> None:
+        """Run every loop under the supervisor, and the poller."""
+        cfg = self.config
+        assert cfg.mqtt is not None
         sup = self.supervisor
         await self.publisher.start(sup)
         sup.start("writer", self.writer.run)
@@ -101,9 +108,9 @@ class Daemon:
     def status_line(self) -> str:
         """systemd's STATUS=: what an operator sees in `systemctl status`."""
         parts = [f"polling {len(self.config.meters)} meters"]
-        if self.writer is not None and self.writer.failing_since is not None:
+        if self.writer.failing_since is not None:
             parts.append(f"BUFFER NOT WRITABLE ({self.writer.last_error}), {self.writer.waiting} waiting")
-        if self.publisher is not None and not self.publisher.connected:
+        if not self.publisher.connected:
             parts.append(f"MQTT down: {self.publisher.last_connect_error or 'connecting'}")
         failing = self.supervisor.failing()
         if failing:
@@ -125,24 +132,20 @@ class Daemon:
         self.workers[meter.bus].enqueue(meter, slot)
 
     def _missed(self) -> None:
-        assert self.health is not None
         self.health.missed_slots += 1
 
     def _publish_meta(self) -> None:
-        assert self.publisher is not None
         for m in self.config.meters:
             meta = payloads.meta(self.config, m, self.discovered.get(m.id))
             self.publisher.publish_direct(self.topics.meta(m.id), meta, qos=1, retain=True)
 
     def _publish_discovered(self, meter: Any, model: Any) -> None:
-        assert self.publisher is not None
         self.discovered[meter.id] = model
         self.publisher.publish_direct(
             self.topics.meta(meter.id), payloads.meta(self.config, meter, model), qos=1, retain=True
         )
 
     def _clock_step(self, delta: float, before: float, after: float) -> None:
-        assert self.health is not None and self.poller is not None and self.writer is not None
         self.health.clock_steps += 1
         self.poller.realign()
         word = "forward" if delta > 0 else "back"
@@ -153,21 +156,23 @@ class Daemon:
             "; slots in between were not polled" if delta > 0 else "",
         )
         self.writer.event(
-            {
-                "event": "clock_stepped",
-                "delta_s": round(delta, 3),
-                "from": datetime.fromtimestamp(before, UTC).isoformat().replace("+00:00", "Z"),
-                "to": datetime.fromtimestamp(after, UTC).isoformat().replace("+00:00", "Z"),
-                "slots_skipped": delta > 0,
-            }
+            Event(
+                "clock_stepped",
+                None,
+                {
+                    "delta_s": round(delta, 3),
+                    "from": datetime.fromtimestamp(before, UTC).isoformat().replace("+00:00", "Z"),
+                    "to": datetime.fromtimestamp(after, UTC).isoformat().replace("+00:00", "Z"),
+                    "slots_skipped": delta > 0,
+                },
+            )
         )
 
     async def _retention(self) -> None:
-        assert self.buffer is not None and self.publisher is not None
         failed = ""
         while True:
             try:
-                rows = await self.buffer.call(self.buffer.buffer.enforce_retention)
+                rows = await self.buffer.enforce_retention()
             except (sqlite3.Error, OSError) as exc:
                 if str(exc) != failed:
                     log.error("buffer retention failed: %s; trying again in %.0f s", exc, RETENTION_PERIOD)
@@ -187,9 +192,7 @@ class Daemon:
             await asyncio.sleep(RETENTION_PERIOD)
 
     async def health_payload(self) -> dict[str, Any]:
-        assert self.buffer is not None and self.publisher is not None and self.health is not None
-        assert self.writer is not None
-        stats = await self.buffer.call(self.buffer.buffer.stats)
+        stats = await self.buffer.stats()
         pub = {
             **asdict(self.publisher.stats),
             "connected": self.publisher.connected,
@@ -213,7 +216,7 @@ class Daemon:
         }
 
     async def _health_loop(self) -> None:
-        assert self.publisher is not None and self.config.mqtt is not None
+        assert self.config.mqtt is not None
         while True:
             await asyncio.sleep(self.config.mqtt.health_interval)
             self.publisher.publish_direct(self.topics.health, payloads.dumps(await self.health_payload()))
@@ -225,24 +228,19 @@ class Daemon:
         return not any(w.stuck() for w in self.workers.values())
 
     async def stop(self) -> None:
-        if self.poller is not None:
-            self.poller.stop()
-        if self.workers:
-            # Let running polls finish (bounded), then stop the workers.
-            deadline = time.monotonic() + STOP_POLLS
-            while any(w.started_at is not None for w in self.workers.values()) and time.monotonic() < deadline:
-                await asyncio.sleep(0.05)
+        """Also after a start that failed half-way: whatever was started stops, the buffer closes."""
+        self.poller.stop()
+        # Let running polls finish (bounded), then stop the workers.
+        deadline = time.monotonic() + STOP_POLLS
+        while any(w.started_at is not None for w in self.workers.values()) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
         # Everything but MQTT stops; what was read is stored, then MQTT gets its time to deliver it.
         await self.supervisor.stop(lambda name: not name.startswith("mqtt-"))
-        if self.writer is not None:
-            await self.writer.flush()
-        if self.publisher is not None:
-            await self.publisher.drain(DRAIN_ON_STOP)
+        await self.writer.flush()
+        await self.publisher.drain(DRAIN_ON_STOP)
         await self.supervisor.stop()
-        if self.publisher is not None:
-            await self.publisher.stop()
-        if self.buffer is not None:
-            await self.buffer.close()
+        await self.publisher.stop()
+        await self.buffer.close()
 
 
 async def _watchdog(daemon_ref: list[Daemon]) -> None:
@@ -256,7 +254,7 @@ async def _watchdog(daemon_ref: list[Daemon]) -> None:
 
 
 async def _start(config: Config, ref: list[Daemon]) -> Daemon:
-    daemon = Daemon(config)
+    daemon = await Daemon.open(config)
     ref[:] = [daemon]
     try:
         await daemon.start()

@@ -16,9 +16,10 @@ from typing import Any
 
 from collector.config import Config
 from collector.daemon import clock
-from collector.daemon.buffer import AsyncBuffer, Record, Row
+from collector.daemon.buffer import AsyncBuffer
 from collector.daemon.calibration import Reading
 from collector.daemon.counters import Ledger
+from collector.daemon.records import Event, Interval, Record, Row
 
 log = logging.getLogger(__name__)
 
@@ -28,11 +29,7 @@ BATCH_MAX = 5_000  #: messages in one transaction at most
 WRITE_RETRY_CAP = 10.0  #: seconds between attempts to write a failing buffer, at most
 
 
-class Interval(dict[str, Any]):
-    """An interval-consumption record waiting in the writer's queue."""
-
-
-Item = Record | dict[str, Any]  #: a reading, an interval (Interval) or an event, waiting to be stored
+Item = Record | Interval | Event  #: waiting to be stored
 
 
 class Writer:
@@ -94,9 +91,9 @@ class Writer:
     def _drop(self, item: Item) -> None:
         lost = self._lost
         if lost is None:
-            lost = self._lost = {"event": "readings_not_stored", "count": 0, "meters": {}}
+            lost = self._lost = {"count": 0, "meters": {}}
         lost["count"] += 1
-        meter = item.meter if isinstance(item, Record) else item.get("meter")
+        meter = item.meter
         if meter:
             lost["meters"][meter] = lost["meters"].get(meter, 0) + 1
         if isinstance(item, Record):
@@ -109,19 +106,20 @@ class Writer:
         outcome = self.ledger.process(self.meters[r.meter], r)
         self._put(Record(r.meter, r.slot, r.ts, r.values, r.quality, r.errors, self.synced()))
         for iv in outcome.intervals:
-            self._put(Interval(iv))
+            self._put(iv)
         for e in outcome.events:
+            cause = e.detail["cause"]
             log.warning(
                 'meter "%s" %s: counter %s (%s)',
-                e["meter"],
-                e["point"],
-                e["cause"],
-                "continuity kept" if e["cause"] != "rollover" else "modulus added",
+                e.meter,
+                e.detail["point"],
+                cause,
+                "continuity kept" if cause != "rollover" else "modulus added",
             )
             self._put(e)
         self._dirty.update({k: Ledger.dump(st) for k, st in outcome.state.items()})
 
-    def event(self, e: dict[str, Any]) -> None:
+    def event(self, e: Event) -> None:
         self._put(e)
 
     async def run(self) -> None:
@@ -151,11 +149,11 @@ class Writer:
         items = [self.queue.popleft() for _ in range(n)]
         self._storing = n
         records = [i for i in items if isinstance(i, Record)]
-        intervals = [dict(i) for i in items if isinstance(i, Interval)]
-        events = [i for i in items if not isinstance(i, Record | Interval)]
+        intervals = [i for i in items if isinstance(i, Interval)]
+        events = [i for i in items if isinstance(i, Event)]
         dirty, self._dirty = (self._dirty, {}) if last else ({}, self._dirty)
         try:
-            rows = await self.buffer.call(self.buffer.buffer.append, records, events, intervals, dirty)
+            rows = await self.buffer.append(records, events, intervals, dirty)
         except BaseException:
             # Back to the front of the queue, in order; readings that arrived meanwhile stay behind them.
             self.queue.extendleft(reversed(items))
@@ -202,7 +200,7 @@ class Writer:
             self.last_error = ""
         if self._lost is not None:
             lost, self._lost = self._lost, None
-            self.queue.append(lost)
+            self.queue.append(Event("readings_not_stored", None, lost))
             self._wake.set()
 
     async def flush(self) -> None:

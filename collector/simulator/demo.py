@@ -234,7 +234,7 @@ async def _demo(tmp: Path, duration: float, outage: float) -> int:
         config = load_config(path)
         print(f"config: {path} ({len(config.buses)} buses, {len(config.meters)} meters, every {INTERVAL})")
         view = View(broker_port)
-        daemon = Daemon(config)
+        daemon = await Daemon.open(config)
         await daemon.start()
         print("the platform receives:\n")
         started = time.monotonic()

@@ -8,10 +8,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from collector.config import load_config
-from collector.daemon.buffer import KIND_INTERVAL, AsyncBuffer
+from collector.daemon.buffer import AsyncBuffer
 from collector.daemon.calibration import Reading
 from collector.daemon.counters import Ledger
 from collector.daemon.payloads import Topics, message
+from collector.daemon.records import KIND_INTERVAL
 from collector.daemon.writer import Writer
 from tests.conftest import Simulator, free_port
 from tests.integration.daemon_parts import DaemonProcess, site_config
@@ -64,8 +65,8 @@ def test_the_writer_stores_readings_intervals_and_counter_state_together(tmp_pat
             t = datetime.fromtimestamp(t0 + i * 300, UTC)
             writer.reading(Reading(meter.id, t, t, values={"energy_import": 100.0 + i, "active_power": 12.0}))
         await writer.flush()
-        rows = await buf.call(lambda: list(buf.buffer.rows()))
-        ledger = await buf.call(buf.buffer.ledger)
+        rows = await buf.rows()
+        ledger = await buf.ledger()
         await buf.close()
         assert ledger[0][:2] == ("m1", "energy_import") and ledger[0][2]["last_r"] == 106.0
         topics = Topics("meters", "gw1")

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from collector.daemon.buffer import Buffer, Record
+from collector.daemon.buffer import Buffer
+from collector.daemon.records import Record
 from tests.conftest import Simulator, free_port, wait_until
 from tests.integration.daemon_parts import DaemonProcess, site_config
 from tests.mqtt_parts import Mosquitto, Proxy, Subscriber

@@ -8,9 +8,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from collector.config import Mqtt
-from collector.daemon.buffer import AsyncBuffer, Buffer, Record
+from collector.daemon.buffer import AsyncBuffer, Buffer
 from collector.daemon.payloads import Topics
 from collector.daemon.publisher import Publisher
+from collector.daemon.records import Record
 from tests.mqtt_parts import Mosquitto, Subscriber
 
 T0 = datetime(2026, 11, 27, 0, 0, tzinfo=UTC)
@@ -37,13 +38,13 @@ def test_fresh_readings_are_not_starved_by_a_backlog(tmp_path: Path) -> None:
             await asyncio.sleep(0.05)
             for i in range(5):  # a current reading every 50 ms while the backlog drains
                 now = datetime.now(UTC)
-                rows = await buf.call(buf.buffer.append, [Record("fresh", now, now, {"x": float(i)})])
+                rows = await buf.append([Record("fresh", now, now, {"x": float(i)})])
                 pub.offer(rows)
                 await asyncio.sleep(0.05)
             # Until every row is acknowledged and deleted; ~5 s here, 60 s is a deadline, not a pace.
             loop = asyncio.get_running_loop()
             deadline = loop.time() + 60
-            while depth := await buf.call(buf.buffer.depth):
+            while depth := await buf.depth():
                 if loop.time() > deadline:
                     raise AssertionError(f"{depth} rows still unacknowledged after 60 s")
                 await asyncio.sleep(0.1)

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from collector.daemon.calibration import Reading
+from collector.daemon.records import Event
 from drivers.errors import BadReply, CannotOpen, Garbled
 from drivers.modbus.rtu import crc16
 from drivers.modbus.transport import Link, ModbusTransport
@@ -415,7 +416,7 @@ def test_a_port_that_cannot_be_opened_is_logged_once_per_bus_until_it_is_back(
     )
     config = load_config(path, check_files=False)
     meters = list(config.meters)
-    events: list[dict[str, object]] = []
+    events: list[Event] = []
     readings: list[Reading] = []
     worker = BusWorker(config.buses["rs485-1"], meters, readings.append, Health(emit=events.append))
     caplog.set_level(logging.INFO, logger="collector")
@@ -435,7 +436,7 @@ def test_a_port_that_cannot_be_opened_is_logged_once_per_bus_until_it_is_back(
             f'bus "rs485-1": cannot open {pair.b} 9600 8N1: No such file or directory; retrying'
         ]
         assert bus_log(logging.INFO) == []
-        assert sum(1 for e in events if e["event"] == "meter_offline") == 3  # Health: once per meter
+        assert sum(1 for e in events if e.name == "meter_offline") == 3  # Health: once per meter
         pair.start()  # plugged in
         slave, _ = make_slave(meters[0].model, [1, 2, 3], serial=True)
         server = SerialServer(slave, pair.a)

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from collector.daemon.buffer import KIND_INTERVAL, KIND_READING, Buffer
+from collector.daemon.buffer import Buffer
 from collector.daemon.payloads import Topics, message
+from collector.daemon.records import KIND_INTERVAL, KIND_READING
 from tests import year_sim
 from tests.conftest import ROOT
 from tests.schemas import validate

@@ -10,7 +10,8 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from collector.daemon.buffer import KIND_EVENT, Buffer, CorruptBuffer, Record, _salvage
+from collector.daemon.buffer import Buffer, CorruptBuffer, _salvage
+from collector.daemon.records import KIND_EVENT, Event, Record
 
 NOW = datetime(2026, 11, 27, 8, 0, tzinfo=UTC)
 
@@ -22,7 +23,7 @@ def rec(meter: str = "m1", age: timedelta = timedelta(0), n: int = 3) -> Record:
 def test_seq_is_gap_free_and_survives_a_restart(tmp_path: Path) -> None:
     path = tmp_path / "b.db"
     b = Buffer(path)
-    rows = b.append([rec(), rec("m2")], [{"event": "x"}])
+    rows = b.append([rec(), rec("m2")], [Event("x")])
     assert [r.seq for r in rows] == [1, 2, 3]
     b.delete([1, 2, 3])
     b.close()

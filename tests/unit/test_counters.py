@@ -8,7 +8,8 @@ import pytest
 
 from collector.config import Calibration, Meter, PointCalibration, Replacement
 from collector.daemon.calibration import Reading
-from collector.daemon.counters import Ledger
+from collector.daemon.counters import Ledger, Outcome
+from collector.daemon.records import Interval
 from drivers import registry
 
 T0 = datetime(2026, 11, 27, 0, 0, tzinfo=UTC).timestamp()
@@ -19,7 +20,7 @@ def meter(model: str = "eastron-sdm630", **kw: object) -> Meter:
     return Meter("m", "b", 1, m, m.name, **kw)  # type: ignore[arg-type]
 
 
-def feed(ledger: Ledger, m: Meter, t: float, value: float, name: str = "energy_import") -> tuple[Reading, object]:
+def feed(ledger: Ledger, m: Meter, t: float, value: float, name: str = "energy_import") -> tuple[Reading, Outcome]:
     r = Reading(m.id, datetime.fromtimestamp(t, UTC), datetime.fromtimestamp(t, UTC), values={name: value})
     return r, ledger.process(m, r)
 
@@ -46,17 +47,17 @@ def test_a_32_bit_wrap_adds_the_modulus() -> None:
     _r1, _ = feed(ledger, m, T0, span - 1.0, "energy_yield_total")
     r2, out = feed(ledger, m, T0 + 900, 2.0, "energy_yield_total")
     assert r2.values["energy_yield_total"] == pytest.approx(span + 2.0)
-    assert out.events[0]["cause"] == "rollover"  # type: ignore[attr-defined]
+    assert out.events[0].detail["cause"] == "rollover"
 
 
 def test_a_reset_confirmed_by_the_next_poll_keeps_continuity() -> None:
     m, ledger = meter(), Ledger()
     feed(ledger, m, T0, 5000.0)
     r, out = feed(ledger, m, T0 + 60, 0.2)
-    assert "energy_import" not in r.values and not out.events  # type: ignore[attr-defined]
+    assert "energy_import" not in r.values and not out.events
     r, out = feed(ledger, m, T0 + 120, 0.5)
     assert r.values["energy_import"] == pytest.approx(5000.3)
-    assert out.events[0]["cause"] == "reset"  # type: ignore[attr-defined]
+    assert out.events[0].detail["cause"] == "reset"
     r, _ = feed(ledger, m, T0 + 180, 1.5)
     assert r.values["energy_import"] == pytest.approx(5001.3)
 
@@ -69,7 +70,7 @@ def test_a_recorded_replacement_keeps_the_total_continuous() -> None:
     before, _ = feed(ledger, m, swap - 60, 125.0 * 40)  # calibrated: the meter's 125 kWh x CT 40
     after, out = feed(ledger, m, swap + 60, 0.25 * 40)
     assert after.values["energy_import"] == pytest.approx(before.values["energy_import"])
-    assert out.events[0]["cause"] == "replacement"  # type: ignore[attr-defined]
+    assert out.events[0].detail["cause"] == "replacement"
 
 
 def test_a_jump_faster_than_max_rate_is_a_glitch() -> None:
@@ -87,29 +88,19 @@ def test_intervals_measured_estimated_and_outage() -> None:
     records = []
     # Polls every 5 min: boundaries fall on polls (measured).
     for i in range(0, 4):
-        records += feed(ledger, m, T0 + i * 300, 100.0 + i)[1].intervals  # type: ignore[attr-defined]
-    assert records == [
-        {
-            "meter": "m",
-            "point": "energy_import",
-            "start": T0,
-            "end": T0 + 900,
-            "delta": 3.0,
-            "unit": "kWh",
-            "quality": "measured",
-        }
-    ]
+        records += feed(ledger, m, T0 + i * 300, 100.0 + i)[1].intervals
+    assert records == [Interval("m", "energy_import", T0, T0 + 900, 3.0, "kWh", "measured")]
     # A poll missed at 30 min: the boundary is interpolated between 25 and 35 min.
     feed(ledger, m, T0 + 1500, 105.0)
-    out = feed(ledger, m, T0 + 2100, 107.0)[1].intervals  # type: ignore[attr-defined]
-    assert out[0]["quality"] == "estimated" and out[0]["delta"] == pytest.approx(106.0 - 103.0)
+    out = feed(ledger, m, T0 + 2100, 107.0)[1].intervals
+    assert out[0].quality == "estimated" and out[0].delta == pytest.approx(106.0 - 103.0)
     # Three hours without a reading: one record over the outage, not spread.
-    out = feed(ledger, m, T0 + 2100 + 3 * 3600, 150.0)[1].intervals  # type: ignore[attr-defined]
+    out = feed(ledger, m, T0 + 2100 + 3 * 3600, 150.0)[1].intervals
     assert out == []  # the boundary after the outage is not valued yet ...
-    out = feed(ledger, m, T0 + 2700 + 3 * 3600, 151.0)[1].intervals  # type: ignore[attr-defined]
-    assert [o["quality"] for o in out] == ["outage"]
-    assert out[0]["start"] == T0 + 1800 and out[0]["end"] == T0 + 2700 + 3 * 3600
-    assert out[0]["delta"] == pytest.approx(151.0 - 106.0)
+    out = feed(ledger, m, T0 + 2700 + 3 * 3600, 151.0)[1].intervals
+    assert [o.quality for o in out] == ["outage"]
+    assert out[0].start == T0 + 1800 and out[0].end == T0 + 2700 + 3 * 3600
+    assert out[0].delta == pytest.approx(151.0 - 106.0)
 
 
 def test_state_survives_a_round_trip() -> None:
@@ -133,4 +124,4 @@ def test_a_replacement_recorded_after_the_daemon_bridged_it_is_not_counted_twice
     recorded = meter(replacements=(Replacement(swap, "energy_import", old_final=1000.0, new_first=0.5),))
     r, out = feed(ledger, recorded, swap + 180, 2.0)
     assert r.values["energy_import"] == pytest.approx(1001.5)
-    assert out.events[0]["cause"] == "replacement"  # type: ignore[attr-defined]
+    assert out.events[0].detail["cause"] == "replacement"

@@ -6,8 +6,9 @@ import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from collector.daemon.buffer import Buffer, Record
+from collector.daemon.buffer import Buffer
 from collector.daemon.payloads import Topics, message
+from collector.daemon.records import Record
 from tests.schemas import validate
 
 NOW = datetime(2026, 11, 27, 8, 0, tzinfo=UTC)

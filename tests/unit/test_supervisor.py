@@ -12,8 +12,9 @@ import pytest
 
 from collector.config import load_config
 from collector.daemon import supervisor
-from collector.daemon.buffer import AsyncBuffer, Row
+from collector.daemon.buffer import AsyncBuffer, Buffer
 from collector.daemon.counters import Ledger
+from collector.daemon.records import Event, Row
 from collector.daemon.supervisor import Supervisor
 from collector.daemon.writer import Writer
 
@@ -67,19 +68,19 @@ def test_the_writer_keeps_what_it_cannot_store_and_names_what_it_dropped(tmp_pat
     offered: list[Row] = []
 
     async def go() -> list[Row]:
-        buf = await AsyncBuffer.open(str(tmp_path / "b.db"), max_age=86400, max_size=10**9)
-        conn = buf.buffer.conn
+        store = Buffer(tmp_path / "b.db", max_age=86400, max_size=10**9)
+        buf, conn = AsyncBuffer(store), store.conn
         writer = Writer(buf, offered.extend, "none", config, Ledger(), queue_max=5)
         conn.execute(f"PRAGMA max_page_count={conn.execute('PRAGMA page_count').fetchone()[0]}")
         task = asyncio.create_task(writer.run())
         for i in range(20):
-            writer.event({"event": "test", "i": i, "pad": "x" * 5000})  # needs new pages
+            writer.event(Event("test", None, {"i": i, "pad": "x" * 5000}))  # needs new pages
         await until(lambda: writer.failing_since is not None, 10, "the write to fail")
         assert len(writer.queue) == 5  # bounded; the oldest went
         conn.execute("PRAGMA max_page_count=1000000")  # space is back
         await until(lambda: writer.failing_since is None and not writer.waiting, 30, "the queue to be stored")
         task.cancel()
-        rows = await buf.call(lambda: list(buf.buffer.rows()))
+        rows = await buf.rows()
         await buf.close()
         return rows
 
