@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import itertools
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
+from drivers.cjt188.frame import Field
+from drivers.dlt645.frame import ValueFormat
 from drivers.quantities import QUANTITIES, Nature, Ratio, canonical_unit
 from drivers.source import Fields, Node, Sink, duration_field, items, load_file, suggest
 
@@ -42,6 +46,16 @@ class DataType(StrEnum):
     def is_float(self) -> bool:
         return self in (DataType.FLOAT32, DataType.FLOAT64)
 
+    @property
+    def span(self) -> int | None:
+        """How many raw steps the register counts before it wraps to 0 (None: a float never wraps);
+        a signed register is taken to wrap at its largest positive value."""
+        if self.is_float:
+            return None
+        if self in (DataType.BCD16, DataType.BCD32):
+            return int(10 ** (4 * self.registers))
+        return int(2 ** (16 * self.registers - (1 if self.signed else 0)))
+
 
 _REGISTERS = {
     DataType.INT16: 1, DataType.UINT16: 1, DataType.BCD16: 1,
@@ -61,7 +75,6 @@ class Function(StrEnum):
 
 KINDS = ("electricity", "water", "pv", "heat", "gas")
 PROTOCOLS = ("modbus", "dlt645", "cjt188", "sunspec")
-CJT188_FIELDS = ("current", "settlement", "status")
 _FORMAT = re.compile(r"^(X+)(?:\.(X+))?$")
 ORDERS = ("big", "little")
 MAX_REQUEST_REGISTERS = 125  #: the Modbus limit for functions 03 and 04
@@ -87,11 +100,8 @@ class Point:
     add: tuple[str, ...] = ()  #: points whose values are added (an integer total + its fraction)
     publish: bool = True  #: False: read for `read --raw` or as a helper, never published
     line: int = 0  #: line in the model file, for messages
-    digits: int = 0  #: DL/T 645: BCD digits of the value ("XXXXXX.XX" -> 8)
-    decimals: int = 0  #: DL/T 645: digits after the point ("XXXXXX.XX" -> 2)
-    signed: bool = False  #: DL/T 645: the top bit of the most significant byte is the sign
-    field: str = ""  #: CJ/T 188: which field of the data identifier's reply (current, settlement, status)
-    offset: int = 0  #: DL/T 645: byte offset of the value in a data block's reply (0 for a single value)
+    dlt645: ValueFormat | None = None  #: DL/T 645: how the value sits in the reply (address: the DI)
+    cjt188: Field | None = None  #: CJ/T 188: which value of the reply (address: the DI)
 
     @property
     def registers(self) -> int:
@@ -101,6 +111,15 @@ class Point:
     def end(self) -> int:
         """First register after this point."""
         return self.address + self.type.registers
+
+    @property
+    def span(self) -> float | None:
+        """Where the value wraps to 0, in the canonical unit before calibration; None: it does not
+        (a float, or a CJ/T 188 flow, whose unit comes with each reply)."""
+        if self.dlt645 is not None:
+            return self.dlt645.span * self.scale
+        steps = self.type.span
+        return None if self.cjt188 is not None or steps is None else steps * self.scale
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,10 +207,12 @@ def _build(root: Node, path: Path, sink: Sink) -> Model | None:
             edition = 2007
 
     d = Fields(f.raw("defaults") or Node({}, root.line), "defaults", sink)
-    function = Function(d.choice("function", tuple(x.value for x in Function), "holding"))
-    dtype = DataType(d.choice("type", tuple(x.value for x in DataType), "float32"))
-    word_order = d.choice("word_order", ORDERS, "big")
-    byte_order = d.choice("byte_order", ORDERS, "big")
+    defaults = _Defaults(
+        Function(d.choice("function", tuple(x.value for x in Function), "holding")),
+        DataType(d.choice("type", tuple(x.value for x in DataType), "float32")),
+        d.choice("word_order", ORDERS, "big"),
+        d.choice("byte_order", ORDERS, "big"),
+    )
     max_registers = d.get("max_registers", int, MAX_REQUEST_REGISTERS)
     if not 1 <= max_registers <= MAX_REQUEST_REGISTERS:
         d.problem("max_registers", f"{max_registers} is outside 1..{MAX_REQUEST_REGISTERS}")
@@ -218,7 +239,7 @@ def _build(root: Node, path: Path, sink: Sink) -> Model | None:
 
     points: list[Point] = []
     for where, node in items(f.raw("points"), "points", sink):
-        p = _point(node, where, sink, function, dtype, word_order, byte_order, protocol)
+        p = _point(node, where, sink, defaults, protocol)
         if p is not None:
             points.append(p)
     f.done()
@@ -244,79 +265,101 @@ def _build(root: Node, path: Path, sink: Sink) -> Model | None:
     )
 
 
-def _point(
-    node: Node,
-    where: str,
-    sink: Sink,
-    function: Function,
-    dtype: DataType,
-    word_order: str,
-    byte_order: str,
-    protocol: str = "modbus",
-) -> Point | None:
+@dataclass(frozen=True, slots=True)
+class _Defaults:
+    """A model's ``defaults:``, which every point may override."""
+
+    function: Function
+    type: DataType
+    word_order: str
+    byte_order: str
+
+
+def _point(node: Node, where: str, sink: Sink, defaults: _Defaults, protocol: str = "modbus") -> Point | None:
     f = Fields(node, where, sink)
     if not f.ok:
         return None
     name = f.get("name", str, "", required=True)
     f.label = name
-    address = f.get("address", int, -1, required=True)
-    top = 0xFFFFFFFF if protocol == "dlt645" else 0xFFFF
-    if address != -1 and not 0 <= address <= top:
-        what = "a data identifier" if protocol in ("dlt645", "cjt188") else "0-based wire address"
-        f.problem("address", f"{address} is outside 0..{top} ({what})")
-    digits = decimals = offset = 0
-    signed = False
-    if protocol == "dlt645":
-        fmt = f.get("format", str, "", required=True)
-        m = _FORMAT.match(fmt) if fmt else None
-        if fmt and (m is None or (len(m.group(1)) + len(m.group(2) or "")) % 2):
-            f.problem("format", f'"{fmt}" is not a BCD format such as XXXXXX.XX (an even number of X)')
-        elif m is not None:
-            decimals = len(m.group(2) or "")
-            digits = len(m.group(1)) + decimals
-        signed = f.get("signed", bool, False)
-        offset = f.get("offset", int, 0)
-        if offset < 0 or offset > 200:
-            f.problem("offset", f"{offset} is outside 0..200 (bytes into the data block)")
-            offset = 0
-    field = ""
-    if protocol == "cjt188":
-        field = f.choice("field", CJT188_FIELDS, "current")
-    ptype = DataType(f.choice("type", tuple(x.value for x in DataType), dtype.value))
-    pfunc = Function(f.choice("function", tuple(x.value for x in Function), function.value))
-    wo = f.choice("word_order", ORDERS, word_order)
-    bo = f.choice("byte_order", ORDERS, byte_order)
+    address = _address(f, protocol)
+    dlt645 = _dlt645(f) if protocol == "dlt645" else None
+    cjt188 = Field(f.choice("field", tuple(x.value for x in Field), "current")) if protocol == "cjt188" else None
+    wire = {
+        "type": DataType(f.choice("type", tuple(x.value for x in DataType), defaults.type.value)),
+        "function": Function(f.choice("function", tuple(x.value for x in Function), defaults.function.value)),
+        "word_order": f.choice("word_order", ORDERS, defaults.word_order),
+        "byte_order": f.choice("byte_order", ORDERS, defaults.byte_order),
+    }
     scale = f.get("scale", float, 1.0)
     if scale == 0:
         f.problem("scale", "must not be 0")
     meter_unit = f.get("unit", str, "-")
-    invalid_node = f.raw("invalid")
-    invalid: tuple[int, ...] = ()
-    if invalid_node is not None:
-        raw = invalid_node.plain()
-        raw = raw if isinstance(raw, list) else [raw]
-        if all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in raw):
-            invalid = tuple(raw)
-        else:
-            f.problem("invalid", "must be a bit pattern (e.g. 0x8000) or a list of them")
+    invalid = _plain_list(f, "invalid", _is_pattern, "must be a bit pattern (e.g. 0x8000) or a list of them")
     sf = f.get("scale_factor", str)
-    add_node = f.raw("add")
-    add: tuple[str, ...] = ()
-    if add_node is not None:
-        plain = add_node.plain()
-        plain = plain if isinstance(plain, list) else [plain]
-        if all(isinstance(x, str) for x in plain):
-            add = tuple(plain)
-        else:
-            f.problem("add", "must be a point name or a list of them")
+    add = _plain_list(f, "add", lambda x: isinstance(x, str), "must be a point name or a list of them")
     publish = f.get("publish", bool, True)
     nature_text = f.choice("nature", tuple(n.value for n in Nature))
     ratio_text = f.choice("ratio", tuple(r.value for r in Ratio))
     f.get("note", str)  # free text for people
     f.done()
-
     if name and not _NAME.match(name):
         f.problem("name", f'"{name}" must be lower case letters, digits and _')
+    unit, factor, nature, ratio = _quantity(f, name, meter_unit, nature_text, ratio_text)
+    return Point(
+        name, address, scale=scale * factor, unit=unit, meter_unit=meter_unit, nature=nature, ratio=ratio,
+        invalid=invalid, scale_factor=sf, add=add, publish=publish, line=node.line, dlt645=dlt645, cjt188=cjt188,
+        **wire,
+    )  # fmt: skip
+
+
+def _address(f: Fields, protocol: str) -> int:
+    address: int = f.get("address", int, -1, required=True)
+    top = 0xFFFFFFFF if protocol == "dlt645" else 0xFFFF
+    if address != -1 and not 0 <= address <= top:
+        what = "a data identifier" if protocol in ("dlt645", "cjt188") else "0-based wire address"
+        f.problem("address", f"{address} is outside 0..{top} ({what})")
+    return address
+
+
+def _dlt645(f: Fields) -> ValueFormat:
+    """``format: XXXXXX.XX`` (8 BCD digits, 2 after the point), ``signed``, ``offset`` in a block."""
+    digits = decimals = 0
+    fmt = f.get("format", str, "", required=True)
+    m = _FORMAT.match(fmt) if fmt else None
+    if fmt and (m is None or (len(m.group(1)) + len(m.group(2) or "")) % 2):
+        f.problem("format", f'"{fmt}" is not a BCD format such as XXXXXX.XX (an even number of X)')
+    elif m is not None:
+        decimals = len(m.group(2) or "")
+        digits = len(m.group(1)) + decimals
+    signed = f.get("signed", bool, False)
+    offset = f.get("offset", int, 0)
+    if offset < 0 or offset > 200:
+        f.problem("offset", f"{offset} is outside 0..200 (bytes into the data block)")
+        offset = 0
+    return ValueFormat(digits, decimals, signed, offset)
+
+
+def _is_pattern(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+
+
+def _plain_list(f: Fields, key: str, ok: Callable[[object], bool], problem: str) -> tuple[Any, ...]:
+    """A value or a list of values, each passing ``ok``; () when absent or wrong (reported)."""
+    node = f.raw(key)
+    if node is None:
+        return ()
+    plain = node.plain()
+    plain = plain if isinstance(plain, list) else [plain]
+    if all(ok(x) for x in plain):
+        return tuple(plain)
+    f.problem(key, problem)
+    return ()
+
+
+def _quantity(
+    f: Fields, name: str, meter_unit: str, nature_text: str | None, ratio_text: str | None
+) -> tuple[str, float, Nature, Ratio]:
+    """The canonical unit (and the factor to it), nature and ratio; a canonical name fixes all three."""
     conv = canonical_unit(meter_unit)
     if conv is None:
         f.problem("unit", f'unknown unit "{meter_unit}"{suggest(meter_unit, _unit_names())}')
@@ -333,31 +376,7 @@ def _point(
             f.problem("unit", f'"{meter_unit}" cannot be converted to {q.unit}, the unit of {name}')
         if nature_text and nature is not q.nature:
             f.problem("nature", f"{name} is a canonical {q.nature.value}")
-    if nature is Nature.STATE:
-        factor = 1.0
-    return Point(
-        name=name,
-        address=address,
-        type=ptype,
-        function=pfunc,
-        word_order=wo,
-        byte_order=bo,
-        scale=scale * factor,
-        unit=unit,
-        meter_unit=meter_unit,
-        nature=nature,
-        ratio=ratio,
-        invalid=invalid,
-        scale_factor=sf,
-        add=add,
-        publish=publish,
-        line=node.line,
-        digits=digits,
-        decimals=decimals,
-        signed=signed,
-        field=field,
-        offset=offset,
-    )
+    return unit, (1.0 if nature is Nature.STATE else factor), nature, ratio
 
 
 def _unit_names() -> list[str]:

@@ -29,8 +29,7 @@ from typing import Any
 from collector.config import Meter
 from collector.daemon.calibration import Reading, ratio_factor
 from collector.daemon.records import Event, Interval
-from drivers.modbus.codec import type_range
-from drivers.model import DataType, Point
+from drivers.model import Point
 from drivers.quantities import Nature
 
 MEASURED, ESTIMATED, OUTAGE = "measured", "estimated", "outage"
@@ -60,18 +59,12 @@ class PointState:
 
 def modulus(meter: Meter, point: Point) -> float | None:
     """The calibrated value at which the register wraps, or None for a float register (no wrap)."""
-    if point.type.is_float:
+    span = point.span
+    if span is None:
         return None
-    if point.digits:  # DL/T 645 BCD
-        raw_span = 10.0**point.digits / 10.0**point.decimals
-    elif point.type in (DataType.BCD16, DataType.BCD32):
-        raw_span = float(type_range(point.type)[1] + 1)
-    else:
-        lo, hi = type_range(point.type)
-        raw_span = float(hi - lo + 1) if lo >= 0 else float(hi + 1)
     pc = meter.calibration.points.get(point.name)
     factor = ratio_factor(point.ratio, meter.calibration.ct_ratio, meter.calibration.pt_ratio)
-    return raw_span * point.scale * factor * (pc.scale if pc else 1.0)
+    return span * factor * (pc.scale if pc else 1.0)
 
 
 def replacement_offset(meter: Meter, point: Point, t: float) -> tuple[float, int]:

@@ -235,7 +235,6 @@ def dlt645_meter(
     model: Model, address: str, *, static: bool = False, overrides: dict[str, float] | None = None
 ) -> Callable[[int], bytes | None]:
     """A DL/T 645 meter's data: DI -> value bytes, from the same simulated building as Modbus meters."""
-    from drivers.frame68 import encode_bcd
 
     sim = SimulatedMeter(model, int(address[-6:]), static=static)
     sim.overrides.update(overrides or {})
@@ -249,11 +248,10 @@ def dlt645_meter(
             return None
         values = sim.engineering(sim.now())
         block = bytearray()
-        for point in sorted(points, key=lambda p: p.offset):  # a data block: each value at its offset
-            block.extend(bytes(max(0, point.offset - len(block))))  # a value the model does not read: 0
-            block[point.offset :] = encode_bcd(
-                values[point.name] / point.scale, point.digits, point.decimals, point.signed
-            )
+        formats = [(p.dlt645, p) for p in points if p.dlt645 is not None]
+        for fmt, point in sorted(formats, key=lambda x: x[0].offset):  # a data block: each value at its offset
+            block.extend(bytes(max(0, fmt.offset - len(block))))  # a value the model does not read: 0
+            block[fmt.offset :] = fmt.encode(values[point.name] / point.scale)
         return bytes(block)
 
     return data

@@ -48,7 +48,7 @@ class Cjt188Reader(LineReader):
                 continue
             try:
                 metering = frame.decode_metering(reply.data)
-                value, unit = metering.field(p.field)
+                value, unit = metering.field(p.cjt188 or frame.Field.CURRENT)
             except FrameError as exc:
                 out.errors[p.name] = str(exc)
                 continue
@@ -58,6 +58,6 @@ class Cjt188Reader(LineReader):
             if conv is None or conv[0] != p.unit:
                 out.errors[p.name] = f"meter reports {unit}, the model expects {p.meter_unit}"
                 continue
-            out.values[p.name] = tidy(value * conv[1]) if p.field != "status" else value
+            out.values[p.name] = tidy(value * conv[1]) if p.cjt188 is not frame.Field.STATUS else value
         out.seconds = time.monotonic() - started
         return out.only(names)

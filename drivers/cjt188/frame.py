@@ -13,6 +13,7 @@ and 2 status bytes.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 
 from drivers.frame68 import ControlBits, FrameError, address_bytes, decode_bcd, encode_bcd, take_raw
 
@@ -61,6 +62,14 @@ def take(buffer: bytearray) -> Frame | None:
     return Frame(raw[1], raw[2:9][::-1].hex(), raw[9], raw[11:-2])
 
 
+class Field(StrEnum):
+    """Which value of a 901FH reply a point is."""
+
+    CURRENT = "current"  #: the cumulative flow now
+    SETTLEMENT = "settlement"  #: the cumulative flow at the last settlement date
+    STATUS = "status"  #: the status word (valve, battery)
+
+
 @dataclass(frozen=True, slots=True)
 class Metering:
     """The 901FH reply of a water or gas meter."""
@@ -72,10 +81,10 @@ class Metering:
     clock: str  #: YYYYMMDDhhmmss as the meter says
     status: int  #: 2 bytes, low first: D0-D1 valve, D2 battery low
 
-    def field(self, name: str) -> tuple[float, str]:
-        if name == "current":
+    def field(self, name: Field) -> tuple[float, str]:
+        if name is Field.CURRENT:
             return self.current, self.current_unit
-        if name == "settlement":
+        if name is Field.SETTLEMENT:
             return self.settlement, self.settlement_unit
         return float(self.status), "-"
 

@@ -77,12 +77,13 @@ class Dlt645Reader(LineReader):
                 continue
             payloads[di] = payload
         for point in points:
-            if point.address not in payloads:
+            fmt = point.dlt645
+            if point.address not in payloads or fmt is None:
                 continue
-            payload = payloads[point.address][point.offset :]
-            out.registers[point.name] = list(payload[: point.digits // 2])
+            payload = payloads[point.address]
+            out.registers[point.name] = list(fmt.take(payload))
             try:
-                raw = frame.decode_bcd(payload, point.digits, point.decimals, point.signed)
+                raw = fmt.decode(payload)
             except frame.FrameError as exc:
                 out.errors[point.name] = str(exc)
                 continue

@@ -42,6 +42,37 @@ class Frame(ControlBits):
     data: bytes  #: with the 33H offset removed
 
 
+@dataclass(frozen=True, slots=True)
+class ValueFormat:
+    """How one value sits in a reply: ``digits`` BCD digits, ``decimals`` of them after the point
+    (the standard's "XXXXXX.XX": 8 and 2), the sign in the top bit, at ``offset`` bytes into a data
+    block's reply (0 for a single value)."""
+
+    digits: int
+    decimals: int
+    signed: bool = False
+    offset: int = 0
+
+    @property
+    def size(self) -> int:
+        return self.digits // 2
+
+    @property
+    def span(self) -> float:
+        """Where the counter wraps to 0: 999999.99 kWh + 0.01 for XXXXXX.XX."""
+        return 10.0 ** (self.digits - self.decimals)
+
+    def take(self, payload: bytes) -> bytes:
+        """The value's bytes, as they came (least significant first)."""
+        return payload[self.offset : self.offset + self.size]
+
+    def decode(self, payload: bytes) -> float:
+        return decode_bcd(payload[self.offset :], self.digits, self.decimals, self.signed)
+
+    def encode(self, value: float) -> bytes:
+        return encode_bcd(value, self.digits, self.decimals, self.signed)
+
+
 def build(address: str, control: int, data: bytes = b"", *, preamble: bool = True) -> bytes:
     body = b"\x68" + address_bytes(address) + b"\x68" + bytes([control, len(data)])
     body += bytes((b + 0x33) & 0xFF for b in data)

@@ -38,7 +38,7 @@ def test_model_invariants(name: str) -> None:
     for p in m.points:
         assert p.address >= 0 and (p.end <= 0x10000 if modbus else p.address <= 0xFFFFFFFF)
         if m.protocol == "dlt645":
-            assert p.digits in (2, 4, 6, 8) and 0 <= p.decimals < p.digits
+            assert p.dlt645 is not None and p.dlt645.digits in (2, 4, 6, 8) and 0 <= p.dlt645.decimals < p.dlt645.digits
         q = QUANTITIES.get(p.name)
         if q is not None:
             assert p.unit == q.unit and p.nature == q.nature

@@ -28,7 +28,7 @@ def test_metering_reply_round_trip_and_units() -> None:
     assert (m.current, m.current_unit, m.settlement, m.clock, m.status) == (1234.56, "m³", 1200.0, "20261127160000", 4)
     litres = bytearray(data)
     litres[3 + 4] = 0x29  # unit code: L
-    assert frame.decode_metering(bytes(litres)).field("current") == (1234.56, "L")
+    assert frame.decode_metering(bytes(litres)).field(frame.Field.CURRENT) == (1234.56, "L")
     litres[3 + 4] = 0x77
     with pytest.raises(FrameError, match="unknown unit code"):
         frame.decode_metering(bytes(litres))

@@ -50,6 +50,19 @@ def test_a_32_bit_wrap_adds_the_modulus() -> None:
     assert out.events[0].detail["cause"] == "rollover"
 
 
+def test_a_dlt645_register_wraps_at_its_bcd_digits() -> None:
+    # XXXXXX.XX kWh: 999999.99 then 0.49 is 0.5 kWh of consumption, published at once (it was held
+    # back as a glitch and then bridged as a reset, losing the 0.5 kWh across the wrap).
+    model = registry.load("dlt645-2007")
+    m = Meter("e", "b", "000000000001", model, model.name)
+    ledger = Ledger()
+    assert model.point("energy_import").span == pytest.approx(1_000_000.0)
+    feed(ledger, m, T0, 999_999.99)
+    r, out = feed(ledger, m, T0 + 900, 0.49)
+    assert r.values["energy_import"] == pytest.approx(1_000_000.49)
+    assert out.events[0].detail["cause"] == "rollover"
+
+
 def test_a_reset_confirmed_by_the_next_poll_keeps_continuity() -> None:
     m, ledger = meter(), Ledger()
     feed(ledger, m, T0, 5000.0)
