@@ -189,24 +189,45 @@ def _build(root: Node, path: Path, sink: Sink) -> Model | None:
     f = Fields(root, "", sink)
     if not f.ok:
         return None
-    name = path.stem
-    if not _MODEL_NAME.match(name):
+    if not _MODEL_NAME.match(path.stem):
         sink.add(0, "", f'file name "{path.name}" must be vendor-model.yaml in lower case, e.g. eastron-sdm630.yaml')
-    vendor = f.get("vendor", str, "", required=True)
-    model = f.get("model", str, "", required=True)
-    kind = f.choice("kind", KINDS, "electricity", required=True)
-    protocol = f.choice("protocol", PROTOCOLS, "modbus", required=True)
-    manual = f.get("manual", str, "", required=True)
-    probe = f.get("probe", str)
-    single = f.get("single_requests", bool, False)
-    edition = 0
-    if protocol == "dlt645":
-        edition = f.get("edition", int, 2007)
-        if edition not in (1997, 2007):
-            f.problem("edition", f"{edition} is not 1997 or 2007")
-            edition = 2007
+    head = {
+        "vendor": f.get("vendor", str, "", required=True),
+        "model": f.get("model", str, "", required=True),
+        "kind": f.choice("kind", KINDS, "electricity", required=True),
+        "protocol": f.choice("protocol", PROTOCOLS, "modbus", required=True),
+        "manual": f.get("manual", str, "", required=True),
+        "probe": f.get("probe", str),
+        "single_requests": f.get("single_requests", bool, False),
+    }
+    protocol = head["protocol"]
+    edition = _edition(f) if protocol == "dlt645" else 0
+    defaults, limits = _defaults(Fields(f.raw("defaults") or Node({}, root.line), "defaults", sink))
+    unreadable = _unreadable(f, sink)
+    points = [
+        p
+        for where, node in items(f.raw("points"), "points", sink)
+        if (p := _point(node, where, sink, defaults, protocol))
+    ]
+    f.done()
+    if not points and not sink.problems and protocol != "sunspec":
+        sink.add(root.line, "points", "a model needs at least one point")
+    _check_points(points, sink, head["probe"], root.line, overlap=protocol in ("modbus", "sunspec"))
+    return Model(
+        name=path.stem, points=tuple(points), unreadable=unreadable, path=str(path), edition=edition, **head, **limits
+    )
 
-    d = Fields(f.raw("defaults") or Node({}, root.line), "defaults", sink)
+
+def _edition(f: Fields) -> int:
+    edition: int = f.get("edition", int, 2007)
+    if edition not in (1997, 2007):
+        f.problem("edition", f"{edition} is not 1997 or 2007")
+        return 2007
+    return edition
+
+
+def _defaults(d: Fields) -> tuple[_Defaults, dict[str, Any]]:
+    """``defaults:``: what points inherit, and the request limits (max_registers, gap, pause)."""
     defaults = _Defaults(
         Function(d.choice("function", tuple(x.value for x in Function), "holding")),
         DataType(d.choice("type", tuple(x.value for x in DataType), "float32")),
@@ -223,8 +244,11 @@ def _build(root: Node, path: Path, sink: Sink) -> Model | None:
         gap = None
     pause = duration_field(d, "pause", 0.0, high=10.0) or 0.0
     d.done()
+    return defaults, {"max_registers": max_registers, "gap": gap, "pause": pause}
 
-    unreadable: list[tuple[int, int]] = []
+
+def _unreadable(f: Fields, sink: Sink) -> tuple[tuple[int, int], ...]:
+    spans: list[tuple[int, int]] = []
     for where, node in items(f.raw("unreadable"), "unreadable", sink):
         span = node.plain()
         if (
@@ -233,36 +257,10 @@ def _build(root: Node, path: Path, sink: Sink) -> Model | None:
             and all(isinstance(x, int) for x in span)
             and 0 <= span[0] <= span[1] <= 0xFFFF
         ):
-            unreadable.append((span[0], span[1]))
+            spans.append((span[0], span[1]))
         else:
             sink.add(node.line, where, "must be [first, last], two register addresses 0..65535")
-
-    points: list[Point] = []
-    for where, node in items(f.raw("points"), "points", sink):
-        p = _point(node, where, sink, defaults, protocol)
-        if p is not None:
-            points.append(p)
-    f.done()
-    if not points and not sink.problems and protocol != "sunspec":
-        sink.add(root.line, "points", "a model needs at least one point")
-    _check_points(points, sink, probe, root.line, overlap=protocol in ("modbus", "sunspec"))
-    return Model(
-        name=name,
-        vendor=vendor,
-        model=model,
-        kind=kind,
-        protocol=protocol,
-        manual=manual,
-        points=tuple(points),
-        max_registers=max_registers,
-        gap=gap,
-        pause=pause,
-        single_requests=single,
-        unreadable=tuple(unreadable),
-        probe=probe,
-        path=str(path),
-        edition=edition,
-    )
+    return tuple(spans)
 
 
 @dataclass(frozen=True, slots=True)
