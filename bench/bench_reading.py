@@ -30,6 +30,7 @@ from drivers import registry
 from drivers.modbus.device import read_device
 from drivers.modbus.planner import DEFAULT_GAP_SERIAL, plan
 from drivers.modbus.transport import Link, ModbusTransport
+from drivers.serialport import SerialSettings
 
 BAUD = 9600
 
@@ -52,7 +53,7 @@ async def wire_read(dev_a: str, dev_b: str, single: bool, polls: int) -> tuple[f
     slave, _ = make_slave(model, [1], serial=True, baudrate=BAUD, static=True)
     server = SerialServer(slave, dev_a, BAUD)
     await server.start()
-    link = Link(kind="rtu", device=dev_b, baudrate=BAUD, timeout=2.0, retries=0)
+    link = Link(kind="rtu", serial=SerialSettings(dev_b, BAUD), timeout=2.0, retries=0)
     t = ModbusTransport(link)
     names = [p.name for p in model.points]
     times = []

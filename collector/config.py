@@ -28,6 +28,7 @@ from collector.categories import NATIONAL
 from drivers import registry
 from drivers.model import Model
 from drivers.quantities import Nature
+from drivers.serialport import PARITIES, SerialSettings
 from drivers.source import (
     Fields,
     Node,
@@ -100,13 +101,9 @@ class Mqtt:
 class Bus:
     name: str
     type: str
-    device: str = ""  #: serial device (rtu)
+    serial: SerialSettings | None = None  #: the serial line (rtu, dlt645, cjt188); None on a network bus
     host: str = ""
     port: int = 502
-    baudrate: int = 9600
-    parity: str = "N"
-    stopbits: int = 1
-    bytesize: int = 8
     timeout: float = 0.5
     retries: int = 1
     pause: float = 0.0
@@ -115,12 +112,13 @@ class Bus:
     line: int = 0
 
     @property
-    def serial(self) -> bool:
-        return self.type in SERIAL_TYPES
+    def device(self) -> str:
+        """The serial device; "" on a network bus."""
+        return self.serial.device if self.serial else ""
 
     def describe(self) -> str:
         if self.serial:
-            return f"{self.device} {self.baudrate} {self.bytesize}{self.parity}{self.stopbits}"
+            return self.serial.describe()
         return f"{self.type}://{self.host}:{self.port}"
 
 
@@ -211,60 +209,18 @@ def load_config(path: str | Path, *, check_files: bool = True) -> Config:
 
 
 def _build(root: Node, path: Path, sink: Sink, check_files: bool = True) -> Config | None:
-    top = Fields(root, "", sink)
+    top = _Fields(root, "", sink)
     if not top.ok:
         return None
     here = Path(os.path.abspath(path)).parent  #: what relative file and storage paths are relative to
-    gateway = _gateway(top, sink, root)
-    storage = _storage(top, sink, root, here, check_files)
+    gateway = _gateway(_section(top, "gateway", root))
+    storage = _storage(_section(top, "storage", root), here, check_files)
     mqtt = _mqtt(top.raw("mqtt"), sink, gateway.id, here, check_files)
-    cf = _section(top, "clock", root)
-    clock = Clock(
-        sync_check=cf.choice("sync_check", ("kernel", "none"), "kernel"),
-        step_threshold=duration_field(cf, "step_threshold", 2.0, low=0.5, high=3600) or 2.0,
-    )
-    cf.done()
-    cons = _section(top, "consumption", root)
-    consumption = duration_field(cons, "interval", 900.0, low=60, high=DAY) or 900.0
-    if cons.has("interval") and consumption not in (900.0, 3600.0, DAY):
-        cons.problem("interval", "must be 15m, 1h or 1d")
-        consumption = 900.0
-    cons.done()
-    categories = dict(NATIONAL)
-    cat_node = top.raw("categories")
-    if cat_node is not None and cat_node.value is not None:
-        cats = Fields(cat_node, "categories", sink)
-        for code in list(cats.data):
-            name = cats.get(code, str, "")
-            if not re.fullmatch(r"[0-9]{2}[0-9A-Z]{3}", code):
-                cats.problem(code, f'"{code}" is not an energy classification code like "01E00" (quote it)')
-            else:
-                categories[code] = name
-    buses: dict[str, Bus] = {}
-    devices: dict[str, tuple[Bus, str]] = {}  #: serial device (as written, and resolved) -> bus, as written
-    for where, node in items(top.raw("buses"), "buses", sink):
-        bus = _bus(node, where, sink)
-        if bus is None:
-            continue
-        if bus.name in buses:
-            sink.add(
-                node.line, where, f'duplicate bus name "{bus.name}" (first on line {buses[bus.name].line})', bus.name
-            )
-            continue
-        buses[bus.name] = bus
-        if bus.serial and bus.device.startswith("/"):
-            _one_bus_per_device(bus, node, where, devices, sink)
-    meters: list[Meter] = []
-    seen: dict[str, int] = {}
-    for where, node in items(top.raw("meters"), "meters", sink):
-        meter = _meter(node, where, sink, buses, path.parent, categories)
-        if meter is None:
-            continue
-        if meter.id in seen:
-            sink.add(node.line, f"{where}.id", f"duplicate meter id (first on line {seen[meter.id]})", meter.id)
-            continue
-        seen[meter.id] = node.line
-        meters.append(meter)
+    clock = _clock(_section(top, "clock", root))
+    consumption = _consumption(_section(top, "consumption", root))
+    categories = _categories(top.raw("categories"), sink)
+    buses = _buses(top.raw("buses"), sink)
+    meters = _meters(top.raw("meters"), sink, buses, path.parent, categories)
     top.done()
     if not meters and top.has("meters") is False:
         sink.add(root.line, "meters", "is required: a list of the meters to read")
@@ -273,26 +229,73 @@ def _build(root: Node, path: Path, sink: Sink, check_files: bool = True) -> Conf
     return Config(str(path), gateway, storage, mqtt, buses, tuple(meters), clock, consumption, categories, warnings)
 
 
-def _section(top: Fields, key: str, root: Node) -> Fields:
+class _Fields(Fields):
+    """Fields with the rules the builders below share, so that each builder reads as a table of rules.
+
+    A rule that fails reports a located problem and gives the default, as every accessor does; a value
+    of the wrong type is reported once, by ``get``, and not checked against the rule.
+    """
+
+    def whole(
+        self,
+        key: str,
+        default: int | None,
+        *,
+        within: tuple[int, int] | None = None,
+        among: tuple[int, ...] = (),
+        what: str = "",
+        required: bool = False,
+    ) -> Any:
+        """A whole number within low..high (``300 is outside 1..247{what}``) or one of a few
+        (``3 must be 1 or 2``, ``9601 is not one of 1200, 2400, ...``)."""
+        value = self.get(key, int, None, required=required)
+        if value is None:
+            return default
+        if within is not None and not within[0] <= value <= within[1]:
+            self.problem(key, f"{value} is outside {within[0]}..{within[1]}{what}")
+            return default
+        if among and value not in among:
+            rule = f"must be {among[0]} or {among[1]}" if len(among) == 2 else f"is not one of {_listed(among)}"
+            self.problem(key, f"{value} {rule}")
+            return default
+        return value
+
+    def number(self, key: str, default: float | None, *, above: float, why: str = "") -> Any:
+        """A number greater than ``above``: ``must be > 0{why}``."""
+        value = self.get(key, float, None)
+        if value is None:
+            return default
+        if not value > above:
+            self.problem(key, f"must be > {above:g}{why}")
+            return default
+        return value
+
+    def duration(self, key: str, default: float | None, *, low: float = 0.0, high: float = 1e9) -> Any:
+        """A duration (``30s``) within low..high."""
+        return duration_field(self, key, default, low=low, high=high)
+
+
+def _listed(values: tuple[int, ...]) -> str:
+    return ", ".join(map(str, values))
+
+
+def _section(top: Fields, key: str, root: Node) -> _Fields:
     node = top.raw(key)
-    return Fields(node if node is not None else Node({}, root.line), key, top.sink)
+    return _Fields(node if node is not None else Node({}, root.line), key, top.sink)
 
 
-def _gateway(top: Fields, sink: Sink, root: Node) -> Gateway:
-    f = _section(top, "gateway", root)
+def _gateway(f: _Fields) -> Gateway:
     gid = f.get("id", str, "gateway", required=True)
     if control_character(gid):
         f.problem("id", f"must not contain control characters ({control_character(gid)})")
     elif not ID.fullmatch(gid):
         f.problem("id", f'"{gid}" must be lower case letters, digits and - (it appears in every topic)')
-    site = f.text("site", "")
-    building = f.text("building", "")
+    gateway = Gateway(gid, site=f.text("site", ""), building=f.text("building", ""))
     f.done()
-    return Gateway(gid, site, building)
+    return gateway
 
 
-def _storage(top: Fields, sink: Sink, root: Node, base: Path, check_files: bool) -> Storage:
-    f = _section(top, "storage", root)
+def _storage(f: _Fields, base: Path, check_files: bool) -> Storage:
     written = f.text("path", DEFAULT_BUFFER)
     if not written:
         f.problem("path", "must name the buffer file, e.g. /var/lib/meter-collector/buffer.db")
@@ -303,47 +306,121 @@ def _storage(top: Fields, sink: Sink, root: Node, base: Path, check_files: bool)
         if problem:
             default = "" if f.has("path") else " (the default, as storage.path is not set)"
             f.problem("path", _located(written, spath, problem) + default)
-    max_age = duration_field(f, "max_age", DEFAULT_MAX_AGE, low=3600, high=3650 * DAY) or DEFAULT_MAX_AGE
-    max_size = DEFAULT_MAX_SIZE
-    node = f.raw("max_size")
-    if node is not None and node.value is not None:
-        size = parse_size(node.value)
-        if size is None:
-            f.problem("max_size", f'"{node.value}" is not a size; write e.g. 512MB or 2GB')
-        elif size < 1000**2:
-            f.problem("max_size", f"{node.value} is too small (at least 1MB)")
-        else:
-            max_size = size
+    storage = Storage(spath, f.duration("max_age", DEFAULT_MAX_AGE, low=3600, high=3650 * DAY), _max_size(f))
     f.done()
-    return Storage(spath, max_age, max_size)
+    return storage
+
+
+def _max_size(f: _Fields) -> int:
+    node = f.raw("max_size")
+    if node is None or node.value is None:
+        return DEFAULT_MAX_SIZE
+    size = parse_size(node.value)
+    if size is None:
+        f.problem("max_size", f'"{node.value}" is not a size; write e.g. 512MB or 2GB')
+    elif size < 1000**2:
+        f.problem("max_size", f"{node.value} is too small (at least 1MB)")
+    else:
+        return size
+    return DEFAULT_MAX_SIZE
+
+
+def _clock(f: _Fields) -> Clock:
+    clock = Clock(
+        sync_check=f.choice("sync_check", ("kernel", "none"), "kernel"),
+        step_threshold=f.duration("step_threshold", 2.0, low=0.5, high=3600),
+    )
+    f.done()
+    return clock
+
+
+def _consumption(f: _Fields) -> float:
+    """The interval consumption is published for: 15m, 1h or 1d."""
+    interval: float = f.duration("interval", 900.0, low=60, high=DAY)
+    if f.has("interval") and interval not in (900.0, 3600.0, DAY):
+        f.problem("interval", "must be 15m, 1h or 1d")
+        interval = 900.0
+    f.done()
+    return interval
+
+
+def _categories(node: Node | None, sink: Sink) -> dict[str, str]:
+    """The national table and the site's own codes."""
+    categories = dict(NATIONAL)
+    if node is not None and node.value is not None:
+        cats = Fields(node, "categories", sink)
+        for code in list(cats.data):
+            name = cats.get(code, str, "")
+            if not re.fullmatch(r"[0-9]{2}[0-9A-Z]{3}", code):
+                cats.problem(code, f'"{code}" is not an energy classification code like "01E00" (quote it)')
+            else:
+                categories[code] = name
+    return categories
 
 
 def _mqtt(node: Node | None, sink: Sink, gateway_id: str, base: Path, check_files: bool) -> Mqtt | None:
     if node is None:
         return None
-    f = Fields(node, "mqtt", sink)
+    f = _Fields(node, "mqtt", sink)
+    url, host, port, tls = _broker(f)
+    password_file, ca_file, cert_file, key_file = _mqtt_files(f, base, check_files, plain=bool(host and not tls))
+    topic_prefix = f.text("topic_prefix", "meters")
+    if (topic_prefix and any(c in topic_prefix for c in "#+")) or topic_prefix.startswith("/"):
+        f.problem("topic_prefix", "must not contain # or + or start with /")
+    m = Mqtt(
+        url=url,
+        host=host,
+        port=port,
+        tls=tls,
+        client_id=f.text("client_id", gateway_id),
+        username=f.text("username"),
+        password_file=password_file,
+        ca_file=ca_file,
+        cert_file=cert_file,
+        key_file=key_file,
+        topic_prefix=topic_prefix,
+        protocol=str(f.choice("protocol", ("5", "3.1.1"), "5")),
+        keepalive=f.duration("keepalive", 60.0, low=5, high=3600),
+        max_inflight=f.whole("max_inflight", 100, within=(1, 65535)),
+        health_interval=f.duration("health_interval", 60.0, low=1, high=3600),
+    )
+    f.done()
+    return m
+
+
+def _broker(f: _Fields) -> tuple[str, str, int, bool]:
+    """url, host, port, tls from ``mqtt://host[:port]`` or ``mqtts://...``."""
     url = f.text("url", "", required=True)
-    host, port, tls = "", 1883, False
-    if url:
-        parts = urlsplit(url)
-        if parts.scheme not in ("mqtt", "mqtts"):
-            f.problem("url", f'"{url}" must start with mqtt:// or mqtts://')
-        elif not parts.hostname:
-            f.problem("url", f'"{url}" has no host')
-        else:
-            tls = parts.scheme == "mqtts"
-            host = parts.hostname
-            default_port = 8883 if tls else 1883
-            try:
-                given = parts.port
-            except ValueError:
-                f.problem("url", f'"{url}" has a bad port')
-            else:
-                if given == 0:
-                    f.problem("url", f'"{url}" has port 0; leave the port out for the default ({default_port})')
-                port = given or default_port
-            if parts.password:
-                f.problem("url", "must not contain a password; use password_file or MC_MQTT_PASSWORD")
+    if not url:
+        return url, "", 1883, False
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts"):
+        f.problem("url", f'"{url}" must start with mqtt:// or mqtts://')
+        return url, "", 1883, False
+    if not parts.hostname:
+        f.problem("url", f'"{url}" has no host')
+        return url, "", 1883, False
+    tls = parts.scheme == "mqtts"
+    default_port = 8883 if tls else 1883
+    port = default_port
+    try:
+        given = parts.port
+    except ValueError:
+        f.problem("url", f'"{url}" has a bad port')
+    else:
+        if given == 0:
+            f.problem("url", f'"{url}" has port 0; leave the port out for the default ({default_port})')
+        port = given or default_port
+    if parts.password:
+        f.problem("url", "must not contain a password; use password_file or MC_MQTT_PASSWORD")
+    return url, parts.hostname, port, tls
+
+
+def _mqtt_files(
+    f: _Fields, base: Path, check_files: bool, *, plain: bool
+) -> tuple[str | None, str | None, str | None, str | None]:
+    """password_file, ca_file, cert_file, key_file (an inline password is refused); ``plain``: the url
+    is a valid mqtt:// one, so the TLS files are not used."""
     if f.has("password"):
         f.raw("password")
         f.problem(
@@ -352,39 +429,15 @@ def _mqtt(node: Node | None, sink: Sink, gateway_id: str, base: Path, check_file
             "use password_file or the MC_MQTT_PASSWORD environment variable",
         )
     files = {key: _file(f, key, base, check_files) for key in ("password_file", "ca_file", "cert_file", "key_file")}
-    m = Mqtt(
-        url=url,
-        host=host,
-        port=port,
-        tls=tls,
-        client_id=f.text("client_id", gateway_id),
-        username=f.text("username"),
-        password_file=files["password_file"],
-        ca_file=files["ca_file"],
-        cert_file=files["cert_file"],
-        key_file=files["key_file"],
-        topic_prefix=f.text("topic_prefix", "meters"),
-        protocol=str(f.choice("protocol", ("5", "3.1.1"), "5")),
-        keepalive=duration_field(f, "keepalive", 60.0, low=5, high=3600) or 60.0,
-        max_inflight=f.get("max_inflight", int, 100),
-        health_interval=duration_field(f, "health_interval", 60.0, low=1, high=3600) or 60.0,
-    )
-    if not 1 <= m.max_inflight <= 65535:
-        f.problem("max_inflight", f"{m.max_inflight} is outside 1..65535")
-    if (m.topic_prefix and any(c in m.topic_prefix for c in "#+")) or m.topic_prefix.startswith("/"):
-        f.problem("topic_prefix", "must not contain # or + or start with /")
-    if (m.cert_file is None) != (m.key_file is None):
-        f.problem(
-            "cert_file" if m.cert_file is None else "key_file", "a client certificate needs both cert_file and key_file"
-        )
-    if url and host and not tls:
-        for key in ("ca_file", "cert_file", "key_file"):
-            if files[key] is not None:
-                f.warn(key, "is not used: the url is mqtt:// (no TLS); TLS needs mqtts://")
-    if check_files and m.password_file:
-        _private(f, "password_file", m.password_file)
-    f.done()
-    return m
+    if (files["cert_file"] is None) != (files["key_file"] is None):
+        missing = "cert_file" if files["cert_file"] is None else "key_file"
+        f.problem(missing, "a client certificate needs both cert_file and key_file")
+    for key in ("ca_file", "cert_file", "key_file"):
+        if files[key] is not None and plain:
+            f.warn(key, "is not used: the url is mqtt:// (no TLS); TLS needs mqtts://")
+    if check_files and files["password_file"]:
+        _private(f, "password_file", files["password_file"])
+    return files["password_file"], files["ca_file"], files["cert_file"], files["key_file"]
 
 
 def _resolve(written: str, base: Path) -> str:
@@ -557,89 +610,92 @@ def _printable(text: str) -> str:
     return "".join(f"\\x{ord(c):02x}" if control_character(c) else c for c in text)
 
 
+def _buses(node: Node | None, sink: Sink) -> dict[str, Bus]:
+    buses: dict[str, Bus] = {}
+    devices: dict[str, tuple[Bus, str]] = {}  #: serial device (as written, and resolved) -> bus, as written
+    for where, item in items(node, "buses", sink):
+        bus = _bus(item, where, sink)
+        if bus is None:
+            continue
+        if bus.name in buses:
+            first = buses[bus.name].line
+            sink.add(item.line, where, f'duplicate bus name "{bus.name}" (first on line {first})', bus.name)
+            continue
+        buses[bus.name] = bus
+        if bus.serial and bus.device.startswith("/"):
+            _one_bus_per_device(bus, item, where, devices, sink)
+    return buses
+
+
 def _bus(node: Node, where: str, sink: Sink) -> Bus | None:
-    f = Fields(node, where, sink)
+    f = _Fields(node, where, sink)
     if not f.ok:
         return None
     name = _identity(f, "name")
     btype = f.choice("type", BUS_TYPES, None, required=True)
     kw: dict[str, Any] = {}
     if btype in SERIAL_TYPES:
-        kw["device"] = f.text("port", "", required=True)
-        if kw["device"] and not kw["device"].startswith("/"):
-            f.problem("port", f'"{kw["device"]}" must be a device path such as /dev/ttyUSB0')
-        default_baud, default_parity = SERIAL_DEFAULTS[btype]
-        baud = f.get("baudrate", int, default_baud)
-        if baud not in BAUD_RATES:
-            f.problem("baudrate", f"{baud} is not one of {', '.join(map(str, BAUD_RATES))}")
-        kw["baudrate"] = baud
-        kw["parity"] = f.choice("parity", ("N", "E", "O"), default_parity)
-        kw["stopbits"] = f.get("stopbits", int, 1)
-        if kw["stopbits"] not in (1, 2):
-            f.problem("stopbits", f"{kw['stopbits']} must be 1 or 2")
-        kw["bytesize"] = f.get("bytesize", int, 8)
-        if kw["bytesize"] not in (7, 8):
-            f.problem("bytesize", f"{kw['bytesize']} must be 7 or 8")
+        kw["serial"] = _serial(f, btype)
     elif btype in ("tcp", "rtu-over-tcp"):
         kw["host"] = f.text("host", "", required=True)
-        port = f.get("port", int, 502)
-        if not 1 <= port <= 65535:
-            f.problem("port", f"{port} is outside 1..65535")
-        kw["port"] = port
-    kw["timeout"] = duration_field(f, "timeout", 0.5, low=0.01, high=30.0)
-    retries = f.get("retries", int, 1)
-    if not 0 <= retries <= 5:
-        f.problem("retries", f"{retries} is outside 0..5")
-    kw["retries"] = retries
-    kw["pause"] = duration_field(f, "pause", 0.0, high=10.0)
-    kw["drain"] = duration_field(f, "drain", None, high=30.0)
-    gap = f.get("gap", int)
-    if gap is not None and not 0 <= gap <= 124:
-        f.problem("gap", f"{gap} is outside 0..124")
-        gap = None
-    kw["gap"] = gap
+        kw["port"] = f.whole("port", 502, within=(1, 65535))
+    kw["timeout"] = f.duration("timeout", 0.5, low=0.01, high=30.0)
+    kw["retries"] = f.whole("retries", 1, within=(0, 5))
+    kw["pause"] = f.duration("pause", 0.0, high=10.0)
+    kw["drain"] = f.duration("drain", None, high=30.0)
+    kw["gap"] = f.whole("gap", None, within=(0, 124))
     f.done()
     if btype is None or not name:
         return None
     return Bus(name=name, type=btype, line=node.line, **kw)
 
 
+def _serial(f: _Fields, btype: str) -> SerialSettings:
+    """A serial bus's line: its port (the device) and character format, defaulting per protocol."""
+    device = f.text("port", "", required=True)
+    if device and not device.startswith("/"):
+        f.problem("port", f'"{device}" must be a device path such as /dev/ttyUSB0')
+    default_baud, default_parity = SERIAL_DEFAULTS[btype]
+    return SerialSettings(
+        device,
+        baudrate=f.whole("baudrate", default_baud, among=BAUD_RATES),
+        parity=f.choice("parity", PARITIES, default_parity),
+        stopbits=f.whole("stopbits", 1, among=(1, 2)),
+        bytesize=f.whole("bytesize", 8, among=(7, 8)),
+    )
+
+
+def _meters(
+    node: Node | None, sink: Sink, buses: dict[str, Bus], base: Path, categories: dict[str, str]
+) -> list[Meter]:
+    meters: list[Meter] = []
+    seen: dict[str, int] = {}
+    for where, item in items(node, "meters", sink):
+        meter = _meter(item, where, sink, buses, base, categories)
+        if meter is None:
+            continue
+        if meter.id in seen:
+            sink.add(item.line, f"{where}.id", f"duplicate meter id (first on line {seen[meter.id]})", meter.id)
+            continue
+        seen[meter.id] = item.line
+        meters.append(meter)
+    return meters
+
+
 def _meter(
     node: Node, where: str, sink: Sink, buses: dict[str, Bus], base: Path, categories: dict[str, str]
 ) -> Meter | None:
-    f = Fields(node, where, sink)
+    f = _Fields(node, where, sink)
     if not f.ok:
         return None
     mid = _identity(f, "id")
-    bus = f.text("bus", "", required=True)
-    if bus and bus not in buses:
-        known = ", ".join(sorted(buses)) or "none defined"
-        f.problem("bus", f'unknown bus "{bus}"{suggest(bus, buses.keys())} (buses: {known})')
-    btype = buses[bus].type if bus in buses else None
+    bus, btype = _meter_bus(f, buses)
     address = _address(f, btype)
     model_ref = f.text("model", "", required=True)
-    model = _model(f, model_ref, base, sink)
-    if model is not None and btype is not None and model.protocol not in BUS_PROTOCOLS[btype]:
-        f.problem(
-            "model",
-            f'{model.name} speaks {model.protocol}; bus "{bus}" is a {btype} bus '
-            f"(it carries {' or '.join(BUS_PROTOCOLS[btype])})",
-        )
-    interval = duration_field(f, "interval", 60.0, low=1.0, high=DAY) or 60.0
-    if f.has("interval") and (DAY % interval) != 0:
-        f.problem("interval", "must divide a day evenly (e.g. 1s, 10s, 1m, 5m, 15m, 1h) so slots align")
-    category = f.get("category", str)
-    if category is not None and not re.fullmatch(r"[0-9]{2}[0-9A-Z]{3}", category):
-        f.problem("category", f'"{category}" is not an energy classification code like "01A00"')
-    elif category is not None and category not in categories:
-        f.problem(
-            "category",
-            f'unknown code "{category}" (not in the national table nor under categories: in this file)'
-            f"{suggest(category, categories)}",
-        )
-    points = _points(f, model)
-    calibration = _calibration(f, model)
-    replacements = _replacements(f, model)
+    model = _carried(f, _model(f, model_ref, base, sink), bus, btype)
+    interval = _interval(f)
+    category = _category(f, categories)
+    points, calibration, replacements = _points(f, model), _calibration(f, model), _replacements(f, model)
     f.done()
     if model is None or not mid or not bus:
         return None
@@ -660,7 +716,49 @@ def _meter(
     )
 
 
-def _address(f: Fields, btype: str | None) -> int | str:
+def _meter_bus(f: _Fields, buses: dict[str, Bus]) -> tuple[str, str | None]:
+    """The bus a meter is on, and its type (None: not a bus defined above)."""
+    bus: str = f.text("bus", "", required=True)
+    if bus and bus not in buses:
+        known = ", ".join(sorted(buses)) or "none defined"
+        f.problem("bus", f'unknown bus "{bus}"{suggest(bus, buses.keys())} (buses: {known})')
+    return bus, buses[bus].type if bus in buses else None
+
+
+def _interval(f: _Fields) -> float:
+    """How often a meter is read: slots align only if it divides a day."""
+    interval: float = f.duration("interval", 60.0, low=1.0, high=DAY)
+    if f.has("interval") and (DAY % interval) != 0:
+        f.problem("interval", "must divide a day evenly (e.g. 1s, 10s, 1m, 5m, 15m, 1h) so slots align")
+    return interval
+
+
+def _carried(f: _Fields, model: Model | None, bus: str, btype: str | None) -> Model | None:
+    """The model, having said so when the bus does not carry its protocol."""
+    if model is not None and btype is not None and model.protocol not in BUS_PROTOCOLS[btype]:
+        f.problem(
+            "model",
+            f'{model.name} speaks {model.protocol}; bus "{bus}" is a {btype} bus '
+            f"(it carries {' or '.join(BUS_PROTOCOLS[btype])})",
+        )
+    return model
+
+
+def _category(f: _Fields, categories: dict[str, str]) -> str | None:
+    """An energy classification code, from the national table or the site's."""
+    category: str | None = f.get("category", str)
+    if category is not None and not re.fullmatch(r"[0-9]{2}[0-9A-Z]{3}", category):
+        f.problem("category", f'"{category}" is not an energy classification code like "01A00"')
+    elif category is not None and category not in categories:
+        f.problem(
+            "category",
+            f'unknown code "{category}" (not in the national table nor under categories: in this file)'
+            f"{suggest(category, categories)}",
+        )
+    return category
+
+
+def _address(f: _Fields, btype: str | None) -> int | str:
     """A Modbus unit id 1..247, or a DL/T 645 (12 digits) / CJ/T 188 (14 digits) address as a string."""
     if btype in ("dlt645", "cjt188"):
         digits = 12 if btype == "dlt645" else 14
@@ -675,9 +773,7 @@ def _address(f: Fields, btype: str | None) -> int | str:
                 f'must be the {digits}-digit meter address as printed on the meter, e.g. "{"0" * (digits - 1)}1"{hint}',
             )
         return str(node.value)
-    address: int = f.get("address", int, 0, required=True)
-    if f.has("address") and isinstance(f.data["address"].value, int) and not 1 <= address <= 247:
-        f.problem("address", f"{address} is outside 1..247 (Modbus unit id)")
+    address: int = f.whole("address", 0, within=(1, 247), what=" (Modbus unit id)", required=True)
     return address
 
 
@@ -731,45 +827,40 @@ def _calibration(f: Fields, model: Model | None) -> Calibration:
     node = f.raw("calibration")
     if node is None or node.value is None:
         return Calibration()
-    c = Fields(node, f.sub("calibration"), f.sink, f.label)
-    ratios = {}
-    for key in ("ct_ratio", "pt_ratio"):
-        value = c.get(key, float, 1.0)
-        if value <= 0:
-            c.problem(key, "must be > 0")
-            value = 1.0
-        ratios[key] = value
+    c = _Fields(node, f.sub("calibration"), f.sink, f.label)
+    ct_ratio, pt_ratio = c.number("ct_ratio", 1.0, above=0), c.number("pt_ratio", 1.0, above=0)
     points: dict[str, PointCalibration] = {}
     pnode = c.raw("points")
     if pnode is not None and pnode.value is not None:
         p = Fields(pnode, c.sub("points"), f.sink, f.label)
         for name in list(p.data):
-            known = [x.name for x in model.points] if model else []
             if model is not None and not model.has(name):
                 p.raw(name)
+                known = [x.name for x in model.points]
                 p.problem(name, f'"{name}" is not a point of {model.name}{suggest(name, known)}')
                 continue
-            pc = Fields(p.raw(name) or Node({}, pnode.line), p.sub(name), f.sink, f.label)
-            scale = pc.get("scale", float, 1.0)
-            if scale == 0:
-                pc.problem("scale", "must not be 0")
-            offset = pc.get("offset", float, 0.0)
-            max_rate = pc.get("max_rate", float)
-            if max_rate is not None and max_rate <= 0:
-                pc.problem("max_rate", "must be > 0 (units per hour: kW for an energy counter)")
-                max_rate = None
-            if (
-                max_rate is not None
-                and model is not None
-                and model.has(name)
-                and model.point(name).nature is not Nature.COUNTER
-            ):
-                pc.problem("max_rate", f"{name} is not a counter")
-            pc.done()
-            points[name] = PointCalibration(scale, offset, max_rate)
+            pc = _Fields(p.raw(name) or Node({}, pnode.line), p.sub(name), f.sink, f.label)
+            points[name] = _point_calibration(pc, name, model)
         p.done()
     c.done()
-    return Calibration(ratios["ct_ratio"], ratios["pt_ratio"], points)
+    return Calibration(ct_ratio, pt_ratio, points)
+
+
+def _point_calibration(pc: _Fields, name: str, model: Model | None) -> PointCalibration:
+    scale = pc.get("scale", float, 1.0)
+    if scale == 0:
+        pc.problem("scale", "must not be 0")
+    offset = pc.get("offset", float, 0.0)
+    max_rate = pc.number("max_rate", None, above=0, why=" (units per hour: kW for an energy counter)")
+    if (
+        max_rate is not None
+        and model is not None
+        and model.has(name)
+        and model.point(name).nature is not Nature.COUNTER
+    ):
+        pc.problem("max_rate", f"{name} is not a counter")
+    pc.done()
+    return PointCalibration(scale, offset, max_rate)
 
 
 def _replacements(f: Fields, model: Model | None) -> tuple[Replacement, ...]:
@@ -778,19 +869,7 @@ def _replacements(f: Fields, model: Model | None) -> tuple[Replacement, ...]:
         r = Fields(node, where, f.sink, f.label)
         if not r.ok:
             continue
-        at_text = r.get("at", (str, datetime), None, required=True)
-        at = None
-        if isinstance(at_text, datetime):
-            at_text = at_text.isoformat()
-        if isinstance(at_text, str):
-            try:
-                when = datetime.fromisoformat(at_text.replace("Z", "+00:00"))
-                if when.tzinfo is None:
-                    r.problem("at", f'"{at_text}" needs a time zone, e.g. 2026-11-03T10:00:00+08:00')
-                else:
-                    at = when.timestamp()
-            except ValueError:
-                r.problem("at", f'"{at_text}" is not a time like 2026-11-03T10:00:00+08:00')
+        at = _at(r)
         point = r.get("point", str, "", required=True)
         if point and model is not None:
             if not model.has(point):
@@ -805,6 +884,23 @@ def _replacements(f: Fields, model: Model | None) -> tuple[Replacement, ...]:
         if at is not None and point and old_final is not None and new_first is not None:
             out.append(Replacement(at, point, old_final, new_first, node.line))
     return tuple(sorted(out, key=lambda x: x.at))
+
+
+def _at(r: Fields) -> float | None:
+    """When a meter was replaced: a time with its zone (``2026-11-03T10:00:00+08:00``), as unix seconds."""
+    text = r.get("at", (str, datetime), None, required=True)
+    if isinstance(text, datetime):
+        text = text.isoformat()
+    if not isinstance(text, str):
+        return None
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        if when.tzinfo is not None:
+            return when.timestamp()
+        r.problem("at", f'"{text}" needs a time zone, e.g. 2026-11-03T10:00:00+08:00')
+    except ValueError:
+        r.problem("at", f'"{text}" is not a time like 2026-11-03T10:00:00+08:00')
+    return None
 
 
 def _across(meters: list[Meter], buses: dict[str, Bus], sink: Sink) -> None:

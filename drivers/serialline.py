@@ -9,94 +9,57 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import time
 from collections.abc import Callable
 from typing import Any
 
 from drivers.errors import NoReply, NotConnected, cannot_open
+from drivers.serialport import SerialPort, SerialSettings
 
 
 class SerialLine:
     def __init__(
         self,
-        device: str,
+        settings: SerialSettings,
         *,
-        baudrate: int = 2400,
-        parity: str = "E",
-        stopbits: int = 1,
-        bytesize: int = 8,
         timeout: float = 1.0,
         retries: int = 1,
         pause: float = 0.0,
         drain: float | None = None,
     ) -> None:
-        self.device = device
-        self.baudrate = baudrate
-        self.parity = parity
-        self.stopbits = stopbits
-        self.bytesize = bytesize
+        self.settings = settings
         self.timeout = timeout
         self.retries = retries
         self.pause = pause
         self.drain = timeout if drain is None else drain
-        self._port: Any = None
-        self._fd = -1
+        self._port = SerialPort(settings, self._received, self._lost)
         self._rx = bytearray()
         self._event = asyncio.Event()
         self._lock = asyncio.Lock()
         self._quiet_until = 0.0
         self.requests = self.timeouts = self.bytes_in = self.bytes_out = 0
 
-    def describe(self) -> str:
-        return f"{self.device} {self.baudrate} {self.bytesize}{self.parity}{self.stopbits}"
-
-    @property
-    def char_time(self) -> float:
-        return (2 + self.bytesize + (0 if self.parity == "N" else 1) + self.stopbits - 1) / self.baudrate
-
     def open(self) -> None:
-        if self._port is not None:
+        if self._port.is_open:
             return
-        import serial  # pyserial
-
         try:
-            port = serial.Serial(
-                self.device,
-                baudrate=self.baudrate,
-                parity=self.parity,
-                stopbits=self.stopbits,
-                bytesize=self.bytesize,
-                timeout=0,
-                exclusive=True,
-            )
+            self._port.open()
         except Exception as exc:  # SerialException (an OSError), ValueError, and termios.error, which is neither
-            raise cannot_open(self.describe(), exc, parity=self.parity) from None
-        self._port, self._fd = port, port.fileno()
-        asyncio.get_running_loop().add_reader(self._fd, self._readable)
+            raise cannot_open(self.settings.describe(), exc, parity=self.settings.parity) from None
 
-    def _readable(self) -> None:
-        try:
-            data = os.read(self._fd, 1024)
-        except BlockingIOError:
-            return
-        except OSError:
-            self.close()
-            self._event.set()
-            return
+    def _received(self, data: bytes) -> None:
         if not data:  # the other end of a pty went away
             self.close()
         self.bytes_in += len(data)
         self._rx += data
         self._event.set()
 
+    def _lost(self) -> None:
+        self.close()
+        self._event.set()
+
     def close(self) -> None:
-        if self._port is not None:
-            with contextlib.suppress(Exception):
-                asyncio.get_running_loop().remove_reader(self._fd)
-            with contextlib.suppress(Exception):
-                self._port.close()
-        self._port, self._fd = None, -1
+        self._port.close()
 
     async def transact(self, frame: bytes, take: Callable[[bytearray], Any], *, retries: int | None = None) -> Any:
         """Send ``frame``; return what ``take`` finds in the received bytes (it removes what it used)."""
@@ -110,19 +73,19 @@ class SerialLine:
                 self._rx.clear()
                 self.requests += 1
                 try:
-                    os.write(self._fd, frame)
+                    self._port.write(frame)
                 except OSError:
                     self.close()
-                    raise NotConnected(f"lost {self.describe()}") from None
+                    raise NotConnected(f"lost {self.settings.describe()}") from None
                 self.bytes_out += len(frame)
-                deadline = time.monotonic() + self.timeout + len(frame) * self.char_time
+                deadline = time.monotonic() + self.timeout + len(frame) * self.settings.char_time
                 try:
                     while True:
                         found = take(self._rx)
                         if found is not None:
                             return found
-                        if self._port is None:
-                            raise NotConnected(f"lost {self.describe()}")
+                        if not self._port.is_open:
+                            raise NotConnected(f"lost {self.settings.describe()}")
                         remaining = deadline - time.monotonic()
                         if remaining <= 0:
                             break
@@ -130,7 +93,7 @@ class SerialLine:
                         with contextlib.suppress(TimeoutError):
                             await asyncio.wait_for(self._event.wait(), remaining)
                 finally:
-                    self._quiet_until = time.monotonic() + self.pause + 3.5 * self.char_time
+                    self._quiet_until = time.monotonic() + self.pause + 3.5 * self.settings.char_time
                 self.timeouts += 1
                 self._quiet_until = max(self._quiet_until, time.monotonic() + self.drain)
                 if attempt + 1 == attempts:

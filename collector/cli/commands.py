@@ -254,6 +254,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
     from drivers.errors import NotConnected
     from drivers.modbus.transport import Link
     from drivers.serialline import SerialLine
+    from drivers.serialport import SerialSettings
     from drivers.source import parse_duration
 
     serial_proto = args.protocol in ("dlt645", "cjt188")
@@ -269,21 +270,14 @@ def cmd_scan(args: argparse.Namespace) -> int:
     bus: dict[str, object]
     try:
         if serial_proto:
-            line = SerialLine(args.port, baudrate=baud, parity=parity, timeout=timeout, retries=1)
+            line = SerialLine(SerialSettings(args.port, baud, parity=parity), timeout=timeout, retries=1)
             found = asyncio.run(scan.scan_serial_protocol(args.protocol, line))
             bus = {"name": "rs485-1", "type": args.protocol, "port": args.port, "baudrate": baud, "parity": parity}
         else:
             ids = parse_ids(args.ids)
             if args.port:
-                link = Link(
-                    kind="rtu",
-                    device=args.port,
-                    baudrate=baud,
-                    parity=parity,
-                    timeout=timeout,
-                    retries=0,
-                    drain=timeout,
-                )
+                serial = SerialSettings(args.port, baud, parity=parity)
+                link = Link(kind="rtu", serial=serial, timeout=timeout, retries=0, drain=timeout)
                 bus = {"name": "rs485-1", "type": "rtu", "port": args.port, "baudrate": baud, "parity": parity}
             else:
                 host, port = _hostport(args.host, 502)

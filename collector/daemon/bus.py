@@ -34,11 +34,7 @@ def link_for(bus: Bus) -> Link:
         kind=bus.type,
         host=bus.host,
         port=bus.port,
-        device=bus.device,
-        baudrate=bus.baudrate,
-        parity=bus.parity,
-        stopbits=bus.stopbits,
-        bytesize=bus.bytesize,
+        serial=bus.serial,
         timeout=bus.timeout,
         retries=bus.retries,
         pause=bus.pause,
@@ -55,17 +51,8 @@ def gap_for(bus: Bus) -> int:
 def make_reader(bus: Bus) -> MeterReader:
     """The reader for a bus's protocol: Modbus (TCP, RTU, RTU over TCP), DL/T 645 or CJ/T 188."""
     if bus.type in ("dlt645", "cjt188"):
-        line = SerialLine(
-            bus.device,
-            baudrate=bus.baudrate,
-            parity=bus.parity,
-            stopbits=bus.stopbits,
-            bytesize=bus.bytesize,
-            timeout=bus.timeout,
-            retries=bus.retries,
-            pause=bus.pause,
-            drain=bus.drain,
-        )
+        assert bus.serial is not None  # config gives every serial bus its settings
+        line = SerialLine(bus.serial, timeout=bus.timeout, retries=bus.retries, pause=bus.pause, drain=bus.drain)
         if bus.type == "dlt645":
             return Dlt645Reader(line)
         from drivers.cjt188.device import Cjt188Reader

@@ -9,43 +9,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import time
 from typing import Any
+
+from drivers.serialport import SerialPort, SerialSettings
 
 
 class SerialPortServer:
     def __init__(self, device: str, baudrate: int = 9600, parity: str = "N", stopbits: int = 1) -> None:
-        self.device = device
-        self.baudrate = baudrate
-        self.parity = parity
-        self.stopbits = stopbits
-        self._fd = -1
+        self.settings = SerialSettings(device, baudrate, parity=parity, stopbits=stopbits)
         self._buffer = bytearray()
         self._last_rx = 0.0
-        self._port: Any = None
+        self._port = SerialPort(self.settings, self._received, lambda: None)  # a pty gone: stop reading
 
     def handle(self, buffer: bytearray) -> list[tuple[bytes, float]]:
         raise NotImplementedError
 
     async def start(self) -> None:
-        import serial  # pyserial
+        self._port.open()
 
-        port = serial.Serial(
-            self.device, baudrate=self.baudrate, parity=self.parity, stopbits=self.stopbits, timeout=0, exclusive=True
-        )
-        self._port, self._fd = port, port.fileno()
-        asyncio.get_running_loop().add_reader(self._fd, self._readable)
-
-    def _readable(self) -> None:
-        try:
-            data = os.read(self._fd, 1024)
-        except BlockingIOError:
-            return
-        except OSError:
-            # The other side of a pty went away; stop reading rather than spin.
-            asyncio.get_running_loop().remove_reader(self._fd)
-            return
+    def _received(self, data: bytes) -> None:
         now = time.monotonic()
         if self._buffer and now - self._last_rx > 0.05:
             self._buffer.clear()  # a silence ended the previous (incomplete) frame
@@ -56,16 +39,10 @@ class SerialPortServer:
 
     def _write(self, data: bytes) -> None:
         with contextlib.suppress(OSError):
-            os.write(self._fd, data)
+            self._port.write(data)
 
     async def stop(self) -> None:
-        if self._fd >= 0:
-            with contextlib.suppress(Exception):
-                asyncio.get_running_loop().remove_reader(self._fd)
-        if self._port is not None:
-            self._port.close()
-            self._port = None
-        self._fd = -1
+        self._port.close()
 
 
 class FrameSlaveServer(SerialPortServer):

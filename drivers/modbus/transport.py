@@ -45,6 +45,7 @@ from drivers.errors import (
 )
 from drivers.modbus.rtu import crc16
 from drivers.model import Function
+from drivers.serialport import SerialSettings
 
 log = logging.getLogger(__name__)
 
@@ -52,25 +53,23 @@ log = logging.getLogger(__name__)
 # NoReply, reported once per meter by the caller. Keep its own logger quiet below CRITICAL.
 logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
 
-PARITIES = {"N": "N", "E": "E", "O": "O"}
-
 
 @dataclass(frozen=True, slots=True)
 class Link:
-    """How to reach a bus. ``kind``: tcp | rtu | rtu-over-tcp."""
+    """How to reach a bus. ``kind``: tcp | rtu | rtu-over-tcp; an rtu link, and only that, has ``serial``."""
 
     kind: str
     host: str = ""
     port: int = 502
-    device: str = ""  #: serial device for rtu, e.g. /dev/ttyUSB0
-    baudrate: int = 9600
-    parity: str = "N"
-    stopbits: int = 1
-    bytesize: int = 8
+    serial: SerialSettings | None = None  #: the serial port of an rtu link, e.g. /dev/ttyUSB0 9600 8N1
     timeout: float = 0.5  #: seconds per attempt
     retries: int = 1  #: further attempts after a timeout
     pause: float = 0.0  #: silence between the end of one transaction and the next request
     drain: float | None = None  #: wait after a timeout on a serial line; default: the timeout
+
+    def __post_init__(self) -> None:
+        if (self.kind == "rtu") != (self.serial is not None):
+            raise ValueError(f"serial settings are for an rtu link, which needs them (this link: {self.kind})")
 
     @property
     def serial_line(self) -> bool:
@@ -78,34 +77,16 @@ class Link:
         return self.kind in ("rtu", "rtu-over-tcp")
 
     @property
-    def char_time(self) -> float:
-        """Seconds on the wire for one character (start + data + parity + stop bits)."""
-        bits = 1 + self.bytesize + (0 if self.parity == "N" else 1) + self.stopbits
-        return bits / self.baudrate
-
-    @property
     def silence(self) -> float:
         """Inter-frame silence t3.5 (fixed at 1.75 ms above 19200 baud, per the Modbus spec)."""
-        if self.kind != "rtu":
+        if self.serial is None:
             return 0.0
-        return 0.00175 if self.baudrate > 19200 else 3.5 * self.char_time
+        return 0.00175 if self.serial.baudrate > 19200 else 3.5 * self.serial.char_time
 
     def describe(self) -> str:
-        if self.kind == "rtu":
-            return f"{self.device} {self.baudrate} {self.bytesize}{self.parity}{self.stopbits}"
+        if self.serial is not None:
+            return self.serial.describe()
         return f"{self.kind}://{self.host}:{self.port}"
-
-
-def serial_options(link: Link) -> dict[str, Any]:
-    """pyserial options for a link; parity handling lives here alone (ptys refuse parity)."""
-    if link.parity not in PARITIES:
-        raise ValueError(f"parity {link.parity!r} is not N, E or O")
-    return {
-        "baudrate": link.baudrate,
-        "bytesize": link.bytesize,
-        "parity": PARITIES[link.parity],
-        "stopbits": link.stopbits,
-    }
 
 
 class ModbusTransport:
@@ -140,8 +121,9 @@ class ModbusTransport:
             "trace_packet": self._trace,
         }
         client: Any
-        if link.kind == "rtu":
-            client = AsyncModbusSerialClient(link.device, framer=FramerType.RTU, **serial_options(link), **common)
+        if link.serial is not None:
+            serial = link.serial
+            client = AsyncModbusSerialClient(serial.device, framer=FramerType.RTU, **serial.pyserial(), **common)
         else:
             framer = FramerType.RTU if link.kind == "rtu-over-tcp" else FramerType.SOCKET
             client = AsyncModbusTcpClient(link.host, port=link.port, framer=framer, **common)
@@ -199,7 +181,7 @@ class ModbusTransport:
             why = self._connect_error
             if why is None and self.link.kind != "rtu":
                 why = TimeoutError(f"no connection within {self.link.timeout * 1000:g} ms")
-            raise cannot_open(self.link.describe(), why, parity=self.link.parity if self.link.kind == "rtu" else "N")
+            raise cannot_open(self.link.describe(), why, parity=self.link.serial.parity if self.link.serial else "N")
 
     def close(self) -> None:
         if self._client is not None:

@@ -12,6 +12,7 @@ from collector.simulator.modbus import SerialServer, Slave, TcpServer
 from drivers.errors import BadReply, NoReply, NotConnected
 from drivers.modbus.transport import Link, ModbusTransport
 from drivers.model import Function
+from drivers.serialport import SerialSettings
 from tests.conftest import PtyPair
 
 
@@ -27,7 +28,7 @@ class Registers:
 
 
 def rtu(pair: PtyPair, **kw: object) -> ModbusTransport:
-    return ModbusTransport(Link(kind="rtu", device=pair.b, baudrate=9600, **kw))  # type: ignore[arg-type]
+    return ModbusTransport(Link(kind="rtu", serial=SerialSettings(pair.b, 9600), **kw))  # type: ignore[arg-type]
 
 
 def test_a_late_reply_is_never_taken_as_the_next_answer(pty_pair: PtyPair) -> None:
@@ -145,7 +146,7 @@ def test_a_dlt645_line_whose_adapter_disappears_is_reopened(pty_pair: PtyPair) -
     async def go() -> None:
         server = serial_server(Dlt645Slave({address: meter}), pty_pair.a)
         await server.start()
-        reader = Dlt645Reader(SerialLine(pty_pair.b, parity="N", timeout=0.3, retries=0))
+        reader = Dlt645Reader(SerialLine(SerialSettings(pty_pair.b, 2400, parity="N"), timeout=0.3, retries=0))
         try:
             r = await reader.read_meter(address, model, ["energy_import"])
             assert r.values == {"energy_import": 15321.07}

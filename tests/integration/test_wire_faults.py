@@ -27,6 +27,7 @@ from drivers.errors import BadReply, CannotOpen, Garbled
 from drivers.modbus.rtu import crc16
 from drivers.modbus.transport import Link, ModbusTransport
 from drivers.model import Function
+from drivers.serialport import SerialSettings
 from tests.conftest import ROOT, PtyPair, Simulator, cli, free_port
 
 V230_5 = [0x4366, 0x8000]  # 230.5 as a big-endian float32
@@ -267,11 +268,11 @@ def test_a_missing_serial_port_carries_the_os_reason(tmp_path: Path) -> None:
     missing = str(tmp_path / "ttyUSB9")
 
     async def go() -> None:
-        t = ModbusTransport(Link(kind="rtu", device=missing, baudrate=9600, timeout=0.2))
+        t = ModbusTransport(Link(kind="rtu", serial=SerialSettings(missing, 9600), timeout=0.2))
         for _ in range(2):  # every attempt says why, not only the first
             with pytest.raises(CannotOpen, match=rf"^cannot open {missing} 9600 8N1: No such file or directory$"):
                 await t.read(1, Function.HOLDING, 0, 1)
-        line = SerialLine(missing, baudrate=2400, parity="E")
+        line = SerialLine(SerialSettings(missing, 2400, parity="E"))
         with pytest.raises(CannotOpen, match=rf"^cannot open {missing} 2400 8E1: No such file or directory$"):
             await line.transact(b"\x68", lambda buffer: None)
 
@@ -286,10 +287,10 @@ def test_a_port_in_use_by_another_program_says_so(pty_pair: PtyPair) -> None:
     busy = "Resource temporarily unavailable (the port is in use by another program)"
 
     async def go() -> None:
-        t = ModbusTransport(Link(kind="rtu", device=pty_pair.b, baudrate=9600, timeout=0.2))
+        t = ModbusTransport(Link(kind="rtu", serial=SerialSettings(pty_pair.b, 9600), timeout=0.2))
         with pytest.raises(CannotOpen, match=rf"^cannot open {pty_pair.b} 9600 8N1: {re.escape(busy)}$"):
             await t.read(1, Function.HOLDING, 0, 1)
-        line = SerialLine(pty_pair.b, baudrate=9600, parity="N")
+        line = SerialLine(SerialSettings(pty_pair.b, 9600, parity="N"))
         with pytest.raises(CannotOpen, match=rf"^cannot open {pty_pair.b} 9600 8N1: {re.escape(busy)}$"):
             await line.transact(b"\x68", lambda buffer: None)
 
@@ -338,8 +339,8 @@ def test_a_pty_refusing_parity_is_a_port_error_for_rtu_and_dlt645(
     refused = "Invalid argument (the port refuses parity E; a pty does: use N in tests)"
 
     async def go() -> None:
-        t = ModbusTransport(Link(kind="rtu", device=pty_pair.b, baudrate=9600, parity="E", timeout=0.2))
-        reader = Dlt645Reader(SerialLine(second_pty.b, baudrate=2400, parity="E", timeout=0.2))
+        t = ModbusTransport(Link(kind="rtu", serial=SerialSettings(pty_pair.b, 9600, parity="E"), timeout=0.2))
+        reader = Dlt645Reader(SerialLine(SerialSettings(second_pty.b, 2400, parity="E"), timeout=0.2))
         try:
             for _ in range(2):  # every poll: handled, never a termios.error
                 with pytest.raises(CannotOpen) as caught:
