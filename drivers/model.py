@@ -233,6 +233,7 @@ def _defaults(d: Fields) -> tuple[_Defaults, dict[str, Any]]:
         DataType(d.choice("type", tuple(x.value for x in DataType), "float32")),
         d.choice("word_order", ORDERS, "big"),
         d.choice("byte_order", ORDERS, "big"),
+        _markers(d),
     )
     max_registers = d.get("max_registers", int, MAX_REQUEST_REGISTERS)
     if not 1 <= max_registers <= MAX_REQUEST_REGISTERS:
@@ -245,6 +246,28 @@ def _defaults(d: Fields) -> tuple[_Defaults, dict[str, Any]]:
     pause = duration_field(d, "pause", 0.0, high=10.0) or 0.0
     d.done()
     return defaults, {"max_registers": max_registers, "gap": gap, "pause": pause}
+
+
+def _markers(d: Fields) -> dict[DataType, tuple[int, ...]]:
+    """``invalid: {int32: 0x7FFFFFFF, uint32: 0xFFFFFFFF}``: what every point of a type sends for
+    "not available" (a point's own ``invalid:`` replaces it; ``invalid: []`` opts out)."""
+    node = d.raw("invalid")
+    plain = node.plain() if node is not None else {}
+    if not isinstance(plain, dict):
+        d.problem("invalid", "must map a type to its marker, e.g. {int32: 0x7FFFFFFF, uint32: 0xFFFFFFFF}")
+        return {}
+    out: dict[DataType, tuple[int, ...]] = {}
+    for name, marker in plain.items():
+        markers = marker if isinstance(marker, list) else [marker]
+        if name not in set(DataType) or DataType(name).is_float:
+            d.problem(
+                "invalid", f'"{name}" is not an integer type ({", ".join(t for t in DataType if not t.is_float)})'
+            )
+        elif not all(_is_pattern(m) and m < 2 ** (16 * DataType(name).registers) for m in markers):
+            d.problem("invalid", f"{name}: {marker!r} is not a {DataType(name).registers * 16}-bit pattern")
+        else:
+            out[DataType(name)] = tuple(markers)
+    return out
 
 
 def _unreadable(f: Fields, sink: Sink) -> tuple[tuple[int, int], ...]:
@@ -271,6 +294,7 @@ class _Defaults:
     type: DataType
     word_order: str
     byte_order: str
+    invalid: dict[DataType, tuple[int, ...]] = field(default_factory=dict)  #: "not available" markers by type
 
 
 def _point(node: Node, where: str, sink: Sink, defaults: _Defaults, protocol: str = "modbus") -> Point | None:
@@ -293,8 +317,10 @@ def _point(node: Node, where: str, sink: Sink, defaults: _Defaults, protocol: st
         f.problem("scale", "must not be 0")
     meter_unit = f.get("unit", str, "-")
     invalid = _plain_list(f, "invalid", _is_pattern, "must be a bit pattern (e.g. 0x8000) or a list of them")
+    if invalid is None:
+        invalid = defaults.invalid.get(wire["type"], ())
     sf = f.get("scale_factor", str)
-    add = _plain_list(f, "add", lambda x: isinstance(x, str), "must be a point name or a list of them")
+    add = _plain_list(f, "add", lambda x: isinstance(x, str), "must be a point name or a list of them") or ()
     publish = f.get("publish", bool, True)
     nature_text = f.choice("nature", tuple(n.value for n in Nature))
     ratio_text = f.choice("ratio", tuple(r.value for r in Ratio))
@@ -341,11 +367,11 @@ def _is_pattern(x: object) -> bool:
     return isinstance(x, int) and not isinstance(x, bool) and x >= 0
 
 
-def _plain_list(f: Fields, key: str, ok: Callable[[object], bool], problem: str) -> tuple[Any, ...]:
-    """A value or a list of values, each passing ``ok``; () when absent or wrong (reported)."""
+def _plain_list(f: Fields, key: str, ok: Callable[[object], bool], problem: str) -> tuple[Any, ...] | None:
+    """A value or a list of values, each passing ``ok``; None when absent, () when wrong (reported)."""
     node = f.raw(key)
     if node is None:
-        return ()
+        return None
     plain = node.plain()
     plain = plain if isinstance(plain, list) else [plain]
     if all(ok(x) for x in plain):

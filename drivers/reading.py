@@ -21,7 +21,8 @@ class DeviceRead:
     values: dict[str, float] = field(default_factory=dict)  #: canonical unit, uncalibrated
     raw: dict[str, int | float] = field(default_factory=dict)  #: decoded register value, unscaled
     registers: dict[str, list[int]] = field(default_factory=dict)  #: words (Modbus) or bytes (DL/T 645) as they came
-    errors: dict[str, str] = field(default_factory=dict)  #: point -> reason it has no value
+    errors: dict[str, str] = field(default_factory=dict)  #: point -> why it has no value: a fault
+    absent: dict[str, str] = field(default_factory=dict)  #: point -> why the meter has none, by design
     requests: int = 0
     seconds: float = 0.0
     failure: TransportError | None = None  #: set when the meter did not answer at all
@@ -32,7 +33,13 @@ class DeviceRead:
         asked = set(names)
         self.values = {k: v for k, v in self.values.items() if k in asked}
         self.errors = {k: v for k, v in self.errors.items() if k in asked}
+        self.absent = {k: v for k, v in self.absent.items() if k in asked and k not in self.values}
         return self
+
+    def lack(self, name: str, why: str) -> None:
+        """The meter has no value for ``name`` by design (it said so): absent, not an error."""
+        self.absent[name] = why
+        self.errors.pop(name, None)
 
 
 class MeterReader(Protocol):

@@ -93,6 +93,7 @@ def reading_json(r: Reading, config: Config) -> dict[str, Any]:
         "raw": r.raw,
         "quality": r.quality,
         "errors": r.errors,
+        "absent": r.absent,  #: points the meter says it does not have: not errors
         "failure": r.failure,  #: why the meter gave nothing at all (then every point's error says it too)
         "units": {n: (r.model or meter.model).point(n).unit for n in r.values},
         "model": meter.model.name,
@@ -124,7 +125,7 @@ def render_reading(r: Reading, config: Config, *, raw: bool = False) -> str:
     def listed(name: str) -> bool:
         if name in r.values or (raw and name in r.raw):
             return True
-        return name in r.errors and r.errors[name] != r.failure
+        return (name in r.errors and r.errors[name] != r.failure) or name in r.absent
 
     names = [p.name for p in model.points if listed(p.name)]
     names += [n for n in r.errors if not model.has(n) and listed(n)]
@@ -132,6 +133,9 @@ def render_reading(r: Reading, config: Config, *, raw: bool = False) -> str:
     if raw and names:
         lines.append(f"  {'point':<{width}}  {'registers':<19}  {'raw':>12}  {'meter':>12}  {'calibrated':>12}  unit")
     for name in names:
+        if name in r.absent:
+            lines.append(f"  {name:<{width}}  absent: {r.absent[name]}")
+            continue
         if name in r.errors and not (raw and name in r.raw):  # --raw shows the registers, then the error
             lines.append(f"  {name:<{width}}  error: {r.errors[name]}")
             continue
@@ -167,22 +171,9 @@ def cmd_models(args: argparse.Namespace) -> int:
         except ProblemsError as exc:
             print(exc.render(), file=sys.stderr)
             return EXIT_USAGE
-        from drivers.modbus.codec import order_name
-        from drivers.modbus.planner import DEFAULT_GAP_SERIAL, plan
+        from collector.cli.models import render
 
-        print(f"{model.name}: {model.vendor} {model.model} ({model.kind}, {model.protocol})")
-        print(f"manual: {model.manual}")
-        print(f"{'point':<24} {'fc':>2} {'address':>8} {'type':<8} {'order':<5} {'scale':>10} unit")
-        for p in model.points:
-            order = order_name(p) if p.registers > 1 else ("AB" if p.byte_order == "big" else "BA")
-            flag = "" if p.publish else "  (not published)"
-            print(
-                f"{p.name:<24} {p.function.code:>2} {p.address:#08x} {p.type.value:<8} {order:<5} "
-                f"{p.scale:>10g} {p.unit}{flag}"
-            )
-        print(f"\nread plan for every point (serial gap budget {DEFAULT_GAP_SERIAL}):")
-        for req in plan(model, list(model.points), gap=DEFAULT_GAP_SERIAL):
-            print(f"  {req}")
+        print(render(model))
         return EXIT_OK
     for name in registry.names():
         m = registry.load(name)
@@ -215,6 +206,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             static=args.static,
             overrides=overrides,
             zero_every=args.zero_every,
+            absent=[n for a in args.absent for n in a.split(",") if n],
+            di_order=args.di_order,
         )
     except KeyError:
         print(f'simulate: unknown model "{args.model}"', file=sys.stderr)
@@ -417,6 +410,21 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME=VALUE",
         help="hold a point at a value in canonical units, e.g. active_power=-3.2 (repeatable); "
         "sunspec-inverter: a raw register of model 103 or 160 by its SunSpec name, e.g. W_SF=400",
+    )
+    s.add_argument(
+        "--absent",
+        action="append",
+        default=[],
+        metavar="POINT[,POINT]",
+        help='points the meter does not have: DL/T 645 answers "no such data", Modbus sends the '
+        'point\'s "not available" marker (repeatable)',
+    )
+    s.add_argument(
+        "--di-order",
+        choices=("little", "big"),
+        default="little",
+        help="CJ/T 188: the data identifier's byte order the meters answer (little: 1F 90, the "
+        "standard's; big: 90 1F); requests in the other order get no answer",
     )
     s.add_argument(
         "--zero-every",

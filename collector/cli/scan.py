@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from drivers import registry
+from drivers.dlt645.device import Dlt645Reader
 from drivers.errors import BadReply, ExceptionReply, NoReply, NotConnected, TransportError
 from drivers.modbus import codec, sunspec
 from drivers.modbus.transport import Link, ModbusTransport
@@ -110,8 +111,6 @@ async def scan_modbus(link: Link, ids: list[int], out: Callable[[str], None]) ->
 
 async def scan_serial_protocol(protocol: str, line: SerialLine) -> list[Found]:
     if protocol == "dlt645":
-        from drivers.dlt645.device import Dlt645Reader
-
         reader: object = Dlt645Reader(line)
         model = "dlt645-2007"
     else:
@@ -121,11 +120,26 @@ async def scan_serial_protocol(protocol: str, line: SerialLine) -> list[Found]:
         model = "cjt188-water"
     try:
         address = await reader.read_address(retries=1)  # type: ignore[attr-defined]
+        if protocol == "dlt645":
+            model = await dlt645_edition(reader, address)  # type: ignore[arg-type]
     except NoReply:
         return []
     finally:
         line.close()
     return [Found(address, model, "answered the wildcard address")]
+
+
+async def dlt645_edition(reader: Dlt645Reader, address: str) -> str:
+    """dlt645-2007 if the meter answers a 2007 read (11H) of its total energy, dlt645-1997 if only
+    a 1997 read (01H) of 9010H; a meter that answers neither is proposed as 2007."""
+    for di, edition, model in ((0x00010000, 2007, "dlt645-2007"), (0x9010, 1997, "dlt645-1997")):
+        try:
+            reply, _, _ = await reader.read_di(address, di, retries=1, edition=edition)
+        except (NoReply, BadReply):
+            continue
+        if not reply.is_error:
+            return model
+    return "dlt645-2007"
 
 
 def snippet(found: list[Found], bus: dict[str, object]) -> str:

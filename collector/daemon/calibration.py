@@ -31,8 +31,9 @@ class Reading:
     meter_values: dict[str, float] = field(default_factory=dict)  #: as the meter reports, canonical units
     raw: dict[str, int | float] = field(default_factory=dict)  #: register contents decoded, unscaled
     registers: dict[str, list[int]] = field(default_factory=dict)
-    errors: dict[str, str] = field(default_factory=dict)
-    quality: str = GOOD
+    errors: dict[str, str] = field(default_factory=dict)  #: point -> the fault that left it without a value
+    absent: dict[str, str] = field(default_factory=dict)  #: point -> why the meter has none, by design
+    quality: str = GOOD  #: partial: some point has an error; absent points do not count
     requests: int = 0
     seconds: float = 0.0
     failure: str | None = None  #: the meter did not answer at all: why
@@ -77,6 +78,7 @@ def calibrate(meter: Meter, read: DeviceRead, slot: datetime, ts: datetime) -> R
         raw=dict(read.raw),
         registers=dict(read.registers),
         errors=dict(read.errors),
+        absent={n: why for n, why in read.absent.items() if model.has(n) and model.point(n).publish},
         quality=quality,
         requests=read.requests,
         seconds=read.seconds,

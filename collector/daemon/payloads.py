@@ -82,11 +82,14 @@ def status(state: str) -> bytes:
     return dumps({"state": state, "ts": now_iso(), "version": __version__})
 
 
-def meta(config: Config, meter: Meter, model: Model | None = None) -> bytes:
-    """``model``: the discovered one, for a SunSpec inverter (its points are known after the first read)."""
+def meta(config: Config, meter: Meter, model: Model | None = None, absent: dict[str, str] | None = None) -> bytes:
+    """``model``: the discovered one, for a SunSpec inverter (its points are known after the first read);
+    ``absent``: points the meter said it does not have (never in ``points``, never in a reading)."""
     model = model or meter.model
     cal = meter.calibration
+    absent = absent or {}
     names = [n for n in meter.points if model.has(n)] or [p.name for p in model.published]
+    names = [n for n in names if n not in absent]
     points = {name: {"unit": model.point(name).unit, "nature": model.point(name).nature.value} for name in names}
     body: dict[str, Any] = {
         "v": PAYLOAD_VERSION,
@@ -104,6 +107,7 @@ def meta(config: Config, meter: Meter, model: Model | None = None) -> bytes:
         "address": meter.address,
         "interval_s": meter.interval,
         "points": points,
+        "absent": dict(absent),
         "calibration": {
             "ct_ratio": cal.ct_ratio,
             "pt_ratio": cal.pt_ratio,

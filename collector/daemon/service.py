@@ -20,10 +20,11 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
-from collector.config import Config, load_config
+from collector.config import Config, Meter, load_config
 from collector.daemon import clock, payloads, systemd
 from collector.daemon.buffer import AsyncBuffer, CorruptBuffer
 from collector.daemon.bus import BusWorker
+from collector.daemon.calibration import Reading
 from collector.daemon.counters import Ledger
 from collector.daemon.health import Health
 from collector.daemon.publisher import Publisher
@@ -31,6 +32,7 @@ from collector.daemon.records import Event
 from collector.daemon.scheduler import Poller
 from collector.daemon.supervisor import Supervisor
 from collector.daemon.writer import Writer
+from drivers.model import Model
 from drivers.source import ProblemsError
 
 log = logging.getLogger(__name__)
@@ -52,6 +54,7 @@ class Daemon:
         self.supervisor = Supervisor(on_change=self._status_line)
         self._last_status = ""
         self.discovered: dict[str, Any] = {}  #: meter id -> model found by discovery (SunSpec)
+        self.absent: dict[str, dict[str, str]] = {}  #: meter id -> points it said it does not have
         self.topics = payloads.Topics(mqtt.topic_prefix, config.gateway.id)
         self.publisher = Publisher(
             mqtt, config.gateway.id, buffer, self.topics, window=mqtt.max_inflight, on_connect=self._publish_meta
@@ -63,7 +66,7 @@ class Daemon:
             meters = [m for m in config.meters if m.bus == name]
             if meters:
                 self.workers[name] = BusWorker(
-                    bus, meters, self.writer.reading, self.health, on_model=self._publish_discovered
+                    bus, meters, self._reading, self.health, on_model=self._publish_discovered
                 )
         self.poller = Poller(list(config.meters), self._enqueue, on_missed=self._missed)
 
@@ -134,16 +137,25 @@ class Daemon:
     def _missed(self) -> None:
         self.health.missed_slots += 1
 
+    def _meta(self, meter: Meter) -> None:
+        meta = payloads.meta(self.config, meter, self.discovered.get(meter.id), self.absent.get(meter.id))
+        self.publisher.publish_direct(self.topics.meta(meter.id), meta, qos=1, retain=True)
+
     def _publish_meta(self) -> None:
         for m in self.config.meters:
-            meta = payloads.meta(self.config, m, self.discovered.get(m.id))
-            self.publisher.publish_direct(self.topics.meta(m.id), meta, qos=1, retain=True)
+            self._meta(m)
 
-    def _publish_discovered(self, meter: Any, model: Any) -> None:
+    def _publish_discovered(self, meter: Meter, model: Model) -> None:
         self.discovered[meter.id] = model
-        self.publisher.publish_direct(
-            self.topics.meta(meter.id), payloads.meta(self.config, meter, model), qos=1, retain=True
-        )
+        self._meta(meter)
+
+    def _reading(self, r: Reading) -> None:
+        """A poll's reading to the writer; ``meta`` again when the points the meter lacks change
+        (learned from its first complete answer, so the platform knows they will not come)."""
+        if r.failure is None and self.absent.get(r.meter, {}).keys() != r.absent.keys():
+            self.absent[r.meter] = dict(r.absent)
+            self._meta(self.config.meter(r.meter))
+        self.writer.reading(r)
 
     def _clock_step(self, delta: float, before: float, after: float) -> None:
         self.health.clock_steps += 1

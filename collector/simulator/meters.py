@@ -119,6 +119,8 @@ class SimulatedMeter:
         self.building = Building(seed=zlib.crc32(f"{model.name}/{unit}".encode()), kind=model.kind)
         self.static_at = clock if clock is not None else (time.time() if static else None)
         self.overrides: dict[str, float] = {}
+        #: points this meter does not have: their registers hold the model's "not available" marker
+        self.absent: set[str] = set()
         #: every Nth read that covers a counter returns 0 for it: a meter with a flaky register (tests)
         self.zero_every = 0
         self._counter_reads = 0
@@ -156,7 +158,10 @@ class SimulatedMeter:
             if p.name not in raws:
                 raws[p.name] = values[p.name] / p.scale
         for p in self.model.points:
-            words = codec.encode(p, _fit(p, raws[p.name]))
+            if p.name in self.absent:
+                words = codec.disarrange(p.invalid[0].to_bytes(2 * p.registers, "big"), p.word_order, p.byte_order)
+            else:
+                words = codec.encode(p, _fit(p, raws[p.name]))
             img = images[p.function.code]
             for i, w in enumerate(words):
                 img[p.address + i] = w
@@ -232,9 +237,15 @@ def parse_addresses(text: str, digits: int) -> list[str]:
 
 
 def dlt645_meter(
-    model: Model, address: str, *, static: bool = False, overrides: dict[str, float] | None = None
+    model: Model,
+    address: str,
+    *,
+    static: bool = False,
+    overrides: dict[str, float] | None = None,
+    absent: Sequence[str] = (),
 ) -> Callable[[int], bytes | None]:
-    """A DL/T 645 meter's data: DI -> value bytes, from the same simulated building as Modbus meters."""
+    """A DL/T 645 meter's data: DI -> value bytes, from the same simulated building as Modbus meters;
+    the identifiers of ``absent`` points get "no such data"."""
 
     sim = SimulatedMeter(model, int(address[-6:]), static=static)
     sim.overrides.update(overrides or {})
@@ -244,7 +255,7 @@ def dlt645_meter(
 
     def data(di: int) -> bytes | None:
         points = by_di.get(di)
-        if not points:
+        if not points or all(p.name in absent for p in points):
             return None
         values = sim.engineering(sim.now())
         block = bytearray()
@@ -443,6 +454,18 @@ class Served:
     counts: Callable[[], str]
 
 
+def _check_absent(model: Model, absent: Sequence[str]) -> None:
+    for name in absent:
+        if not model.has(name):
+            raise ValueError(f'--absent {name}: {model.name} has no point "{name}"')
+        if model.protocol == "modbus" and not model.point(name).invalid:
+            raise ValueError(f'--absent {name}: {model.name} declares no "not available" marker for it')
+        if model.protocol not in ("modbus", "dlt645"):
+            raise ValueError(
+                "--absent: only Modbus and DL/T 645 models (sunspec-inverter: --set a point to its marker)"
+            )
+
+
 def make_server(
     model: Model,
     *,
@@ -456,11 +479,15 @@ def make_server(
     static: bool = False,
     overrides: dict[str, float] | None = None,
     zero_every: int = 0,
+    absent: Sequence[str] = (),
+    di_order: str = "little",
 ) -> Served:
     """A simulator server for any model: Modbus (TCP, RTU over TCP, serial), SunSpec, DL/T 645, CJ/T 188.
 
+    ``absent``: points the meters do not have (DL/T 645: "no such data"; Modbus: the point's marker).
     Raises ValueError for a combination that cannot be served (a DL/T 645 meter over TCP, bad ids).
     """
+    _check_absent(model, absent)
     from collector.simulator.modbus import SerialServer, TcpServer
 
     if model.protocol in ("dlt645", "cjt188"):
@@ -472,7 +499,7 @@ def make_server(
             from collector.simulator.dlt645 import Dlt645Slave, serial_server
 
             dslave = Dlt645Slave(
-                {a: dlt645_meter(model, a, static=static, overrides=overrides) for a in addresses},
+                {a: dlt645_meter(model, a, static=static, overrides=overrides, absent=absent) for a in addresses},
                 baudrate=baud if line_timing else None,
             )
             return Served(
@@ -483,7 +510,9 @@ def make_server(
         from collector.simulator.cjt188 import Cjt188Slave
         from collector.simulator.cjt188 import serial_server as cjt188_server
 
-        cslave = Cjt188Slave({a: cjt188_meter(model, a, static=static, overrides=overrides) for a in addresses})
+        cslave = Cjt188Slave(
+            {a: cjt188_meter(model, a, static=static, overrides=overrides) for a in addresses}, order=di_order
+        )
         return Served(
             cjt188_server(cslave, serial, baud, parity),
             f"CJ/T 188 meter(s) {', '.join(addresses)} on serial {serial} {baud} 8{parity}1",
@@ -499,6 +528,7 @@ def make_server(
             sim = SimulatedMeter(model, u, static=static)
             sim.overrides.update(overrides or {})
             sim.zero_every = zero_every
+            sim.absent = set(absent)
             devices[u] = sim
     slave = Slave(devices, baudrate=baud if line_timing else None, silent_unknown=on_serial)
 

@@ -10,16 +10,51 @@ from drivers.frame68 import FrameError
 from drivers.model import Model
 from drivers.quantities import canonical_unit
 from drivers.reading import DeviceRead, tidy
-from drivers.serialline import LineReader
+from drivers.serialline import LineReader, SerialLine
 
 
 class Cjt188Reader(LineReader):
+    """Reads 901FH. A meter that stays silent is asked again with the DI's other byte order (90 1F
+    instead of 1F 90); what worked is kept per meter for as long as the reader lives (a reload or a
+    restart learns it again), so only the first poll of such a meter costs one timeout more."""
+
     take = staticmethod(frame.take)
     wildcard = frame.WILDCARD
 
+    def __init__(self, line: SerialLine) -> None:
+        super().__init__(line)
+        self.orders: dict[str, str] = {}  #: meter address -> the DI byte order it answers
+
     async def read_address(self, *, retries: int | None = None) -> str:
-        reply = await self.line.transact(frame.read_address_request(), self.replies(frame.WILDCARD), retries=retries)
-        return str(reply.address)
+        """The one meter on the line (read-address to the wildcard), in either DI byte order."""
+        last: NoReply | None = None
+        for order in frame.DI_ORDERS:
+            request = frame.read_address_request(order=order)
+            try:
+                reply = await self.line.transact(request, self.replies(frame.WILDCARD), retries=retries)
+            except NoReply as exc:
+                last = exc
+                continue
+            self.orders[str(reply.address)] = order
+            return str(reply.address)
+        assert last is not None
+        raise last
+
+    async def _read(self, addr: str, di: int, retries: int | None) -> frame.Frame:
+        known = self.orders.get(addr)
+        orders = (known,) if known else frame.DI_ORDERS
+        for i, order in enumerate(orders):
+            try:
+                reply: frame.Frame = await self.line.transact(
+                    frame.read_request(addr, di, order=order), self.replies(addr), retries=retries
+                )
+            except NoReply:
+                if i == len(orders) - 1:
+                    raise
+                continue
+            self.orders[addr] = order
+            return reply
+        raise AssertionError("unreachable")
 
     async def read_meter(
         self, address: int | str, model: Model, names: list[str], *, retries: int | None = None
@@ -32,9 +67,7 @@ class Cjt188Reader(LineReader):
         for di in sorted({p.address for p in points}):
             out.requests += 1
             try:
-                replies[di] = await self.line.transact(
-                    frame.read_request(addr, di), self.replies(addr), retries=retries
-                )
+                replies[di] = await self._read(addr, di, retries)
             except (NoReply, NotConnected) as exc:
                 out.failure = exc
                 break

@@ -5,6 +5,9 @@ Facts (docs/reference/protocols-and-meters.md §3, with their sources): T is the
 offset (unlike DL/T 645); CS is the sum from 68H to the end of DATA, mod 256. Read data is C=01H
 with DATA = DI (2 bytes, low first: 901FH is sent 1F 90) and a sequence byte SER; the reply is C=81H
 (C1H abnormal). Read address is C=03H, DI 810AH, to the wildcard address AA x 7.
+Meters in the field disagree on the DI's byte order: the standard's 1F 90, and 90 1F (many
+prepaid and NB-IoT water meters, and the DI tables of several vendors); a meter of one kind does
+not answer a request of the other (docs/reference/protocols-and-meters.md §3).
 Reply to 901FH (water, gas): current cumulative flow (4 BCD bytes, 2 decimals, low first, then a
 unit byte), the flow at the settlement date (same), the meter's clock (7 bytes BCD, YYYYMMDDhhmmss)
 and 2 status bytes.
@@ -24,6 +27,8 @@ COLD_WATER = 0x10
 READ, READ_ADDRESS = 0x01, 0x03
 DI_METERING = 0x901F
 DI_ADDRESS = 0x810A
+#: the DI's byte order on the wire: "little" (1F 90, the standard's) first, then the other
+DI_ORDERS = ("little", "big")
 
 #: unit byte -> (unit, factor to that unit) as in CJ/T 188-2004 table 13 / -2018 table 20
 UNIT_CODES: dict[int, tuple[str, float]] = {
@@ -46,12 +51,29 @@ def build(meter_type: int, address: str, control: int, data: bytes, *, preamble:
     return (PREAMBLE if preamble else b"") + body + bytes([sum(body) & 0xFF, 0x16])
 
 
-def read_request(address: str, di: int = DI_METERING, *, meter_type: int = COLD_WATER, ser: int = 0) -> bytes:
-    return build(meter_type, address, READ, di.to_bytes(2, "little") + bytes([ser]))
+def read_request(
+    address: str, di: int = DI_METERING, *, meter_type: int = COLD_WATER, ser: int = 0, order: str = "little"
+) -> bytes:
+    return build(meter_type, address, READ, di_bytes(di, order) + bytes([ser]))
 
 
-def read_address_request(ser: int = 0) -> bytes:
-    return build(TYPE_ANY, WILDCARD, READ_ADDRESS, DI_ADDRESS.to_bytes(2, "little") + bytes([ser]))
+def read_address_request(ser: int = 0, *, order: str = "little") -> bytes:
+    return build(TYPE_ANY, WILDCARD, READ_ADDRESS, di_bytes(DI_ADDRESS, order) + bytes([ser]))
+
+
+def di_bytes(di: int, order: str) -> bytes:
+    return di.to_bytes(2, "little" if order == "little" else "big")
+
+
+def di_of(data: bytes) -> tuple[int, str] | None:
+    """The DI a request's DATA starts with, and the byte order it was sent in (None: unknown DI)."""
+    if len(data) < 2:
+        return None
+    for order in DI_ORDERS:
+        di = int.from_bytes(data[:2], "little" if order == "little" else "big")
+        if di in (DI_METERING, DI_ADDRESS):
+            return di, order
+    return None
 
 
 def take(buffer: bytearray) -> Frame | None:
@@ -109,10 +131,12 @@ def decode_metering(data: bytes) -> Metering:
     return Metering(current, cu, settlement, su, clock, status)
 
 
-def encode_metering(current_m3: float, settlement_m3: float, clock: str, status: int = 0, ser: int = 0) -> bytes:
-    """DATA of a 901FH reply in m³ (for the simulator)."""
+def encode_metering(
+    current_m3: float, settlement_m3: float, clock: str, status: int = 0, ser: int = 0, *, order: str = "little"
+) -> bytes:
+    """DATA of a 901FH reply in m³ (for the simulator), the DI in the meter's byte order."""
     return (
-        DI_METERING.to_bytes(2, "little")
+        di_bytes(DI_METERING, order)
         + bytes([ser])
         + encode_bcd(current_m3, 8, 2, False)
         + b"\x2c"

@@ -8,7 +8,7 @@ from drivers.dlt645 import frame
 from drivers.errors import BadReply, NoReply, NotConnected
 from drivers.model import Model
 from drivers.reading import DeviceRead, tidy
-from drivers.serialline import LineReader
+from drivers.serialline import LineReader, SerialLine
 
 
 class Dlt645Reader(LineReader):
@@ -49,15 +49,26 @@ class Dlt645Reader(LineReader):
             payload += reply.data[4:-1]  # DI, data, frame number
         return reply, payload, frames
 
+    #: seconds a refused identifier ("no such data") is not asked again; a reload asks at once
+    ASK_AGAIN = 86400.0
+
+    def __init__(self, line: SerialLine) -> None:
+        super().__init__(line)
+        self.refused: dict[tuple[str, int], float] = {}  #: (meter, DI) -> when it said "no such data"
+
     async def read_meter(
         self, address: int | str, model: Model, names: list[str], *, retries: int | None = None
     ) -> DeviceRead:
+        """One read per identifier (a data block serves many points). An identifier the meter says
+        it does not have (error word 02H) is absent, not a fault, and not asked again for a day."""
         out = DeviceRead()
         started = time.monotonic()
         addr = str(address)
         points = model.needed_for(names)
         payloads: dict[int, bytes] = {}
-        for di in dict.fromkeys(p.address for p in points):  # one read per identifier (a block serves many)
+        for di in dict.fromkeys(p.address for p in points):
+            if started - self.refused.get((addr, di), -self.ASK_AGAIN) < self.ASK_AGAIN:
+                continue
             try:
                 reply, payload, n = await self.read_di(addr, di, retries=retries, edition=model.edition or 2007)
             except (NoReply, NotConnected) as exc:
@@ -71,11 +82,17 @@ class Dlt645Reader(LineReader):
             out.requests += n
             if reply.is_error:
                 word = reply.data[0] if reply.data else 0
-                for p in points:
-                    if p.address == di:
-                        out.errors[p.name] = frame.error_text(word)
+                if word == frame.NO_SUCH_DATA:
+                    self.refused[(addr, di)] = started
+                else:
+                    out.errors.update({p.name: frame.error_text(word) for p in points if p.address == di})
                 continue
             payloads[di] = payload
+            self.refused.pop((addr, di), None)
+        width = 4 if model.edition == 1997 else 8
+        for p in points:
+            if (addr, p.address) in self.refused:
+                out.lack(p.name, f"no data identifier {p.address:0{width}X} in this meter (error word 02H)")
         for point in points:
             fmt = point.dlt645
             if point.address not in payloads or fmt is None:
@@ -91,6 +108,7 @@ class Dlt645Reader(LineReader):
             out.values[point.name] = tidy(raw * point.scale)
         if out.failure is not None:
             for name in names:
-                out.errors.setdefault(name, str(out.failure))
+                if name not in out.absent:
+                    out.errors.setdefault(name, str(out.failure))
         out.seconds = time.monotonic() - started
         return out.only(names)

@@ -24,6 +24,7 @@ BROADCAST = "999999999999"
 READ_2007, READ_FOLLOW_2007, READ_ADDRESS = 0x11, 0x12, 0x13
 READ_1997 = 0x01
 
+NO_SUCH_DATA = 0x02  #: the error word of a meter that does not have the identifier asked for
 ERROR_BITS = {
     0: "other error",
     1: "no such data (the meter does not have this data identifier)",

@@ -26,7 +26,12 @@ from drivers.model import DataType, Point
 
 
 class Unavailable(Exception):
-    """The meter says it has no value for this point (a sentinel, NaN, a non-BCD nibble)."""
+    """The registers hold no value for this point (a sentinel, NaN, a non-BCD nibble)."""
+
+
+class Absent(Unavailable):
+    """The meter says, by design, that it has no value: the point's declared "not available" marker
+    (SunSpec's not-implemented patterns, Huawei's 0x7FFFFFFF). Not a fault: the reading stays good."""
 
 
 _STRUCT = {
@@ -73,12 +78,12 @@ def decode(point: Point, words: Sequence[int]) -> int | float:
         raise ValueError(f"{point.name}: {point.type.value} needs {n} registers, got {len(words)}")
     data = arrange(words, point.word_order, point.byte_order)
     if point.invalid and int.from_bytes(data, "big") in point.invalid:
-        raise Unavailable(f"not available (meter sent 0x{data.hex().upper()})")
+        raise Absent(f"not available (meter sent 0x{data.hex().upper()})")
     if point.type in (DataType.BCD16, DataType.BCD32):
         return _bcd(data)
     value: int | float = struct.unpack(">" + _STRUCT[point.type], data)[0]
     if isinstance(value, float) and not math.isfinite(value):
-        raise Unavailable(f"not a number (meter sent {value})")
+        raise Unavailable(f"not a number (meter sent {value})")  # a fault, unless the model declares it
     return value
 
 

@@ -44,6 +44,9 @@ def decode(requests: list[Request], replies: list[list[int] | None], out: Device
             out.registers[point.name] = regs
             try:
                 raw = codec.decode(point, regs)
+            except codec.Absent as exc:
+                out.lack(point.name, str(exc))
+                continue
             except codec.Unavailable as exc:
                 out.errors[point.name] = str(exc)
                 continue
@@ -58,6 +61,7 @@ def decode(requests: list[Request], replies: list[list[int] | None], out: Device
         if point.scale_factor:
             sf = out.raw.get(point.scale_factor)
             if sf is None:
+                # A value without its scale factor cannot be read: a fault, even if the SF is "not implemented".
                 out.errors[name] = f"scale factor {_label(point.scale_factor)} unavailable"
                 continue
             if not SF_RANGE[0] <= sf <= SF_RANGE[1]:  # 10.0 ** 400 would raise OverflowError
@@ -118,6 +122,7 @@ async def read_device(
     decode(requests, replies, out)
     if out.failure is not None:
         for p in model.needed_for(names):
-            out.errors.setdefault(p.name, str(out.failure))
+            if p.name not in out.absent:
+                out.errors.setdefault(p.name, str(out.failure))
     # Report only what was asked; helper points stay internal unless asked for.
     return out.only(names)

@@ -46,7 +46,7 @@ class ModbusReader:
         result = await read_device(self.transport, unit, found, known, gap=self.gap, retries=retries)
         for n in wanted:
             if not found.has(n):
-                result.errors[n] = "not offered by this inverter"
+                result.lack(n, "not offered by this inverter")
         result.model = found
         if result.failure is not None:
             self.discovered.pop(unit, None)  # discover again: it may have been replaced

@@ -92,9 +92,10 @@ def test_dlt645_unknown_identifier_and_a_silent_address(
         f"{{name: rs485-2, type: dlt645, port: {pty_pair.b}, baudrate: 2400, parity: N, timeout: 300ms}}",
         f'{{id: office, bus: rs485-2, address: "{DLT645_ADDRESS}", model: ./acme-dl1.yaml}}',
     )
-    r = read_json(config, expect=1)  # a meter that failed partly: exit 1
-    assert r["quality"] == "partial" and "energy_import" in r["values"]
-    assert "no such data" in r["errors"]["vendor_counter"]
+    # An identifier the meter does not have (error word 02H) is absent, not a fault: exit 0, good.
+    r = read_json(config)
+    assert r["quality"] == "good" and r["errors"] == {} and "energy_import" in r["values"]
+    assert "vendor_counter" not in r["values"] and "error word 02H" in r["absent"]["vendor_counter"]
     other = site(
         tmp_path,
         f"{{name: rs485-2, type: dlt645, port: {pty_pair.b}, baudrate: 2400, parity: N, timeout: 300ms, retries: 0}}",
@@ -132,6 +133,39 @@ def test_cjt188_water_meter_read_and_scanned_on_a_pty(
     assert r["values"]["volume_settlement"] <= r["values"]["volume"]
     scan = cli("scan", "--port", pty_pair.b, "--protocol", "cjt188", "--baud", "2400", "--parity", "N")
     assert scan.returncode == 0 and f"{CJT188_ADDRESS}: cjt188-water" in scan.stdout
+
+
+def test_cjt188_meters_of_both_di_byte_orders_read_with_one_model(
+    pty_pair: PtyPair, tmp_path: Path, simulator: type[Simulator]
+) -> None:
+    """One meter answers only 1F 90 (the standard's order), the other only 90 1F: both are read with
+    cjt188-water and no per-meter setting, and `scan` finds the one that speaks the other order."""
+    other = PtyPair(tmp_path / "second")
+    (tmp_path / "second").mkdir()
+    other.start()
+    try:
+        second = "78331505104145"
+        common = ["--model", "cjt188-water", "--baud", "2400", "--static", "--set", "volume=42.5"]
+        simulator(*common, "--serial", pty_pair.a, "--ids", CJT188_ADDRESS, "--di-order", "little")
+        simulator(*common, "--serial", other.a, "--ids", second, "--di-order", "big")
+        path = tmp_path / "site.yaml"
+        path.write_text(
+            "gateway: {id: t}\nbuses:\n"
+            f"  - {{name: w1, type: cjt188, port: {pty_pair.b}, baudrate: 2400, parity: N, timeout: 300ms}}\n"
+            f"  - {{name: w2, type: cjt188, port: {other.b}, baudrate: 2400, parity: N, timeout: 300ms}}\n"
+            f'meters:\n  - {{id: standard, bus: w1, address: "{CJT188_ADDRESS}", model: cjt188-water}}\n'
+            f'  - {{id: swapped, bus: w2, address: "{second}", model: cjt188-water}}\n'
+        )
+        out = cli("read", "-c", str(path), "--json")
+        assert out.returncode == 0, out.stdout + out.stderr
+        readings = {r["meter"]: r for r in map(json.loads, out.stdout.splitlines())}
+        for meter in ("standard", "swapped"):
+            assert readings[meter]["quality"] == "good", readings[meter]["errors"]
+            assert readings[meter]["values"]["volume"] == 42.5
+        scan = cli("scan", "--port", other.b, "--protocol", "cjt188", "--baud", "2400", "--parity", "N")
+        assert scan.returncode == 0 and f"{second}: cjt188-water" in scan.stdout
+    finally:
+        other.stop()
 
 
 @pytest.mark.parametrize("base", [40000, 0, 50000])
@@ -184,6 +218,36 @@ def test_sunspec_read_json_and_meta_without_a_hand_written_map(tmp_path: Path, s
     assert "1: sunspec-inverter (SunSpec models 1,103,160" in scan.stdout
 
 
+def test_a_single_phase_view_of_sunspec_and_a_dlt645_meter_without_phases_read_good(
+    pty_pair: PtyPair, tmp_path: Path, simulator: type[Simulator]
+) -> None:
+    """What the meters say they lack is absent: `read --json` exits 0, quality good, every value they have."""
+    port = free_port()
+    lacks = ["--set", "PPVphAB=65535", "--set", "PPVphBC=65535", "--set", "PPVphCA=65535"]  # not implemented
+    simulator("--model", "sunspec-inverter", "--tcp", f"127.0.0.1:{port}", "--ids", "1", "--static", *lacks)
+    phases = "voltage_l2,voltage_l3,current_l2,current_l3,active_power_l2,active_power_l3"
+    simulator(
+        "--model", "dlt645-2007", "--serial", pty_pair.a, "--baud", "2400", "--ids", DLT645_ADDRESS, "--absent", phases
+    )
+    path = tmp_path / "site.yaml"
+    path.write_text(
+        "gateway: {id: t}\nbuses:\n"
+        f"  - {{name: pv-lan, type: tcp, host: 127.0.0.1, port: {port}}}\n"
+        f"  - {{name: rs485-2, type: dlt645, port: {pty_pair.b}, baudrate: 2400, parity: N, timeout: 300ms}}\n"
+        "meters:\n  - {id: roof-pv, bus: pv-lan, address: 1, model: sunspec-inverter}\n"
+        f'  - {{id: office, bus: rs485-2, address: "{DLT645_ADDRESS}", model: dlt645-2007}}\n'
+    )
+    out = cli("read", "-c", str(path), "--json")
+    assert out.returncode == 0, out.stdout + out.stderr
+    pv, office = (json.loads(line) for line in out.stdout.splitlines())
+    assert pv["quality"] == "good" and pv["errors"] == {}
+    assert {"voltage_l1_l2", "voltage_l2_l3", "voltage_l3_l1"} <= set(pv["absent"])
+    assert {"ac_power", "voltage_l1", "energy_yield_total"} <= set(pv["values"])
+    assert office["quality"] == "good" and office["errors"] == {}
+    assert sorted(office["absent"]) == sorted(phases.split(","))
+    assert {"energy_import", "voltage_l1", "current_l1", "active_power", "frequency"} <= set(office["values"])
+
+
 def test_dlt645_data_block_in_follow_up_frames(pty_pair: PtyPair, tmp_path: Path, simulator: type[Simulator]) -> None:
     # The simulator sends at most 16 data bytes a frame: the 20-byte tariff block needs B1H + a 12H follow-up.
     simulator("--model", "dlt645-2007", "--serial", pty_pair.a, "--baud", "2400", "--ids", DLT645_ADDRESS, "--static")
@@ -227,3 +291,59 @@ def test_dlt645_1997_meter(pty_pair: PtyPair, tmp_path: Path, simulator: type[Si
     assert r["quality"] == "good", r["errors"]
     assert r["values"] == {**r["values"], "energy_import": 8123.45, "voltage_l1": 231.0, "current_l1": 12.34}
     assert r["requests"] == 10  # one 2-byte identifier per point
+    # `scan` tells a 1997 meter from a 2007 one (it refuses the 2007 read) and proposes its model.
+    scan = cli("scan", "--port", pty_pair.b, "--protocol", "dlt645", "--baud", "1200", "--parity", "N")
+    assert scan.returncode == 0 and f'address: "{DLT645_ADDRESS}", model: dlt645-1997' in scan.stdout, scan.stdout
+
+
+def test_scan_tells_the_two_dtsu666_energy_blocks_apart(simulator: type[Simulator]) -> None:
+    for model in ("chint-dtsu666", "chint-dtsu666-401e"):
+        port = free_port()
+        simulator("--model", model, "--tcp", f"127.0.0.1:{port}", "--ids", "1", "--static")
+        scan = cli("scan", "--host", f"127.0.0.1:{port}", "--ids", "1")
+        assert scan.returncode == 0 and f"1: {model} (" in scan.stdout, scan.stdout
+
+
+def test_a_dlt645_identifier_refused_once_is_not_asked_again_until_a_new_reader(
+    pty_pair: PtyPair, simulator: type[Simulator]
+) -> None:
+    """The daemon's reader lives as long as its config: after the first read a poll asks only the
+    identifiers that have answers; a new reader (a reload) asks everything again."""
+    import asyncio
+
+    from drivers import registry
+    from drivers.dlt645.device import Dlt645Reader
+    from drivers.serialline import SerialLine
+    from drivers.serialport import SerialSettings
+
+    lacks = "voltage_l2,voltage_l3,current_l2,current_l3"
+    simulator("--model", "dlt645-2007", "--serial", pty_pair.a, "--ids", DLT645_ADDRESS, "--absent", lacks)
+    model = registry.load("dlt645-2007")
+    names = [p.name for p in model.published]
+    identifiers = len({p.address for p in model.points})
+
+    async def polls(reader: Dlt645Reader, n: int) -> list[tuple[int, dict[str, str], dict[str, str]]]:
+        out = []
+        for _ in range(n):
+            before = reader.requests
+            r = await reader.read_meter(DLT645_ADDRESS, model, names, retries=1)
+            out.append((reader.requests - before, r.errors, r.absent))
+        return out
+
+    async def go() -> tuple[
+        list[tuple[int, dict[str, str], dict[str, str]]], list[tuple[int, dict[str, str], dict[str, str]]]
+    ]:
+        line = SerialLine(SerialSettings(pty_pair.b, 9600), timeout=1.0)
+        first = await polls(Dlt645Reader(line), 3)
+        again = await polls(Dlt645Reader(line), 1)
+        line.close()
+        return first, again
+
+    first, again = asyncio.run(go())
+    for _, errors, absent in first + again:
+        assert errors == {} and sorted(absent) == sorted(lacks.split(","))
+    # The first poll asks every identifier (a data block may take a follow-up frame), then only
+    # those with answers: four requests fewer; a new reader (a reload) asks all of them again.
+    assert first[0][0] >= identifiers
+    assert first[1][0] == first[2][0] == first[0][0] - 4
+    assert again[0][0] == first[0][0]

@@ -136,5 +136,16 @@ def test_models_list_and_show_print_the_map_and_the_plan() -> None:
     shown = cli("models", "show", "tuf-2000m")
     assert shown.returncode == 0
     assert "CDAB" in shown.stdout and "FC03 0x0000+26" in shown.stdout
+    # A DL/T 645 model as its protocol speaks it: identifiers, BCD formats, signs, block offsets.
+    dlt = cli("models", "show", "dlt645-2007")
+    assert dlt.returncode == 0 and "read 11H" in dlt.stdout and " fc " not in dlt.stdout
+    assert "float32" not in dlt.stdout and "FC03" not in dlt.stdout
+    rows = {line.split()[0]: line.split()[1:4] for line in dlt.stdout.splitlines()[3:] if line.strip()}
+    assert rows["energy_import"] == ["00010000", "XXXXXX.XX", "-"]
+    assert rows["current_l1"] == ["02020100", "XXX.XXX", "signed"]
+    old = cli("models", "show", "dlt645-1997")
+    assert old.returncode == 0 and "read 01H" in old.stdout and "9010" in old.stdout
+    water = cli("models", "show", "cjt188-water")
+    assert water.returncode == 0 and "901F" in water.stdout and "settlement" in water.stdout
     unknown = cli("models", "show", "eastron-sdm63")
     assert unknown.returncode == 2 and 'did you mean "eastron-sdm630"' in unknown.stderr

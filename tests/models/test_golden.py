@@ -1,7 +1,8 @@
 """Golden cases: what a meter sends -> the values the platform must get.
 
 Each case folder holds expected.json (values in canonical units, before site calibration, the points
-that must have no value, and, for a case that shows a known bug, "xfail": the reason), source.txt
+that must have no value because of a fault ("errors") or because the meter says it has none
+("absent"), and, for a case that shows a known bug, "xfail": the reason), source.txt
 (where the numbers come from) and what the meter sent:
 
 - registers.json for Modbus models: function -> {start address: [words]};
@@ -129,10 +130,11 @@ def read_case(case: Path, model: Model, names: list[str]) -> DeviceRead:
 def test_decodes_captured_registers(case: Path) -> None:
     model = registry.load(case.parent.name)
     expected = json.loads((case / "expected.json").read_text())
-    names = list(expected["values"]) + list(expected["errors"])
+    names = list(expected["values"]) + list(expected["errors"]) + list(expected.get("absent", []))
     result = read_case(case, model, names)
     assert result.values == pytest.approx(expected["values"], rel=1e-6)
     assert sorted(result.errors) == expected["errors"]
+    assert sorted(result.absent) == expected.get("absent", [])
 
 
 def test_every_model_has_a_golden_case_that_says_where_its_numbers_come_from() -> None:

@@ -50,10 +50,11 @@ def test_there_are_sunspec_cases() -> None:
 def test_discovers_and_decodes_the_register_image(case: Path) -> None:
     expected = json.loads((case / "expected.json").read_text())
     registers = CapturedRegisters(json.loads((case / "registers.json").read_text()))
-    names = list(expected["values"]) + list(expected["errors"])
+    names = list(expected["values"]) + list(expected["errors"]) + list(expected.get("absent", []))
     blocks, common, model, result = discover_and_read(registers, names)
     assert [[b.model_id, b.address, b.length] for b in blocks] == expected["chain"]
     assert {k: common.get(k) for k in expected["common"]} == expected["common"]
     assert (model.vendor, model.model) == (expected["common"]["Mn"], expected["common"]["Md"])
     assert result.values == pytest.approx(expected["values"], rel=1e-6)
     assert sorted(result.errors) == expected["errors"]
+    assert sorted(result.absent) == expected.get("absent", [])
