@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Simulator, free_port, wait_until
+from tests.conftest import PtyPair, Simulator, free_port, wait_until
 from tests.integration.daemon_parts import DaemonProcess, buffered, site_config, stored
 from tests.mqtt_parts import Mosquitto, Proxy, Subscriber
 from tests.schemas import validate
@@ -238,3 +238,35 @@ def test_network_down_at_boot(tmp_path: Path, broker: Mosquitto, simulator: type
         sub.close()
     assert "MQTT cannot connect" in d.log()
     assert_gap_free(sub.seqs())
+
+
+def test_points_a_meter_lacks_are_named_in_meta_and_readings_stay_good(
+    tmp_path: Path, broker: Mosquitto, simulator: type[Simulator], pty_pair: PtyPair
+) -> None:
+    lacks = ["voltage_l2", "voltage_l3", "current_l2", "current_l3"]
+    simulator("--model", "dlt645-2007", "--serial", pty_pair.a, "--ids", "000000000001", "--absent", ",".join(lacks))
+    config = tmp_path / "site.yaml"
+    config.write_text(
+        f"gateway: {{id: gw1}}\nstorage: {{path: {tmp_path / 'buffer.db'}}}\n"
+        f'mqtt: {{url: "mqtt://127.0.0.1:{broker.port}"}}\nclock: {{sync_check: none}}\nbuses:\n'
+        f"  - {{name: rs485, type: dlt645, port: {pty_pair.b}, baudrate: 9600, parity: N, timeout: 500ms}}\n"
+        'meters:\n  - {id: office, bus: rs485, address: "000000000001", model: dlt645-2007, interval: 1s}\n'
+    )
+    sub = Subscriber(broker.port, "meters/gw1/#")
+    d = DaemonProcess(config, tmp_path / "daemon.log")
+    try:
+        sub.wait_for(lambda: any(m["absent"] for m in sub.json("/meta")) and len(sub.json("/reading")) >= 3, 30, "meta")
+        assert d.term() == 0
+    finally:
+        d.finish()
+        sub.close()
+    for topic, payload, _ in sub.messages:
+        validate(topic, json.loads(payload))
+    meta = sub.json("/meta")
+    assert meta[0]["absent"] == {}  # on connect, before the first read: nothing known yet
+    learned = next(m for m in meta if m["absent"])
+    assert sorted(learned["absent"]) == sorted(lacks) and all("02H" in why for why in learned["absent"].values())
+    assert not set(lacks) & set(learned["points"]) and "voltage_l1" in learned["points"]
+    readings = sub.json("/reading")
+    assert all(r["quality"] == "good" and "errors" not in r for r in readings), readings[0]
+    assert all(not set(lacks) & set(r["values"]) and "energy_import" in r["values"] for r in readings)
