@@ -82,6 +82,9 @@ class Cjt188Reader(LineReader):
             try:
                 metering = frame.decode_metering(reply.data)
                 value, unit = metering.field(p.cjt188 or frame.Field.CURRENT)
+            except frame.NoValue as exc:
+                out.lack(p.name, str(exc))
+                continue
             except FrameError as exc:
                 out.errors[p.name] = str(exc)
                 continue

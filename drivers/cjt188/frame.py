@@ -92,30 +92,36 @@ class Field(StrEnum):
     STATUS = "status"  #: the status word (valve, battery)
 
 
+class NoValue(FrameError):
+    """A field the meter fills with FFH: it keeps no such value (absent, not a fault)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Metering:
-    """The 901FH reply of a water or gas meter."""
+    """The 901FH reply of a water or gas meter: each field's 5 bytes (4 BCD, low first, and the
+    unit code), decoded when asked for, so that one unreadable field does not cost the others."""
 
-    current: float  #: cumulative flow, in ``unit``
-    current_unit: str
-    settlement: float
-    settlement_unit: str
-    clock: str  #: YYYYMMDDhhmmss as the meter says
+    current_bytes: bytes
+    settlement_bytes: bytes
+    clock: str  #: YYYYMMDDhhmmss as the meter says ("ffffffffffffff": it keeps no clock)
     status: int  #: 2 bytes, low first: D0-D1 valve, D2 battery low
 
     def field(self, name: Field) -> tuple[float, str]:
+        """The value and its unit; raises NoValue for an FF-filled field, FrameError for a bad one."""
         if name is Field.CURRENT:
-            return self.current, self.current_unit
+            return _flow(self.current_bytes, name)
         if name is Field.SETTLEMENT:
-            return self.settlement, self.settlement_unit
+            return _flow(self.settlement_bytes, name)
         return float(self.status), "-"
 
 
-def _flow(data: bytes) -> tuple[float, str]:
+def _flow(data: bytes, name: Field) -> tuple[float, str]:
+    if data[:4] == b"\xff" * 4:
+        raise NoValue(f"the meter keeps no {name.value} flow (FF FF FF FF)")
     value = decode_bcd(data[:4], 8, 2, False)
-    unit, factor = UNIT_CODES.get(data[4], ("m³", 1.0)) if len(data) > 4 else ("m³", 1.0)
-    if len(data) > 4 and data[4] not in UNIT_CODES:
+    if data[4] not in UNIT_CODES:
         raise FrameError(f"unknown unit code 0x{data[4]:02X}")
+    unit, factor = UNIT_CODES[data[4]]
     return value * factor, unit
 
 
@@ -124,11 +130,8 @@ def decode_metering(data: bytes) -> Metering:
     if len(data) < 3 + 19:
         raise FrameError(f"901F reply too short ({len(data)} bytes)")
     body = data[3:]
-    current, cu = _flow(body[0:5])
-    settlement, su = _flow(body[5:10])
     clock = bytes(reversed(body[10:17])).hex()
-    status = int.from_bytes(body[17:19], "little")
-    return Metering(current, cu, settlement, su, clock, status)
+    return Metering(body[0:5], body[5:10], clock, int.from_bytes(body[17:19], "little"))
 
 
 def encode_metering(
