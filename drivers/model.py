@@ -18,8 +18,8 @@ from typing import Any
 
 from drivers.cjt188.frame import Field
 from drivers.dlt645.frame import ValueFormat
-from drivers.quantities import QUANTITIES, Nature, Ratio, canonical_unit
-from drivers.source import Fields, Node, Sink, duration_field, items, load_file, suggest
+from drivers.quantities import INVERTER_STATES, QUANTITIES, Nature, Ratio, canonical_unit
+from drivers.source import Fields, Node, Sink, describe, duration_field, items, load_file, suggest
 
 
 class DataType(StrEnum):
@@ -99,6 +99,9 @@ class Point:
     scale_factor: str | None = None  #: name of a point holding a power-of-ten exponent (SunSpec *_SF)
     add: tuple[str, ...] = ()  #: points whose values are added (an integer total + its fraction)
     publish: bool = True  #: False: read for `read --raw` or as a helper, never published
+    #: (vendor code, canonical number): ``states:`` maps what the register holds to INVERTER_STATES;
+    #: a code not in it is an error on the point, never a number
+    states: tuple[tuple[int, int], ...] = ()
     line: int = 0  #: line in the model file, for messages
     dlt645: ValueFormat | None = None  #: DL/T 645: how the value sits in the reply (address: the DI)
     cjt188: Field | None = None  #: CJ/T 188: which value of the reply (address: the DI)
@@ -322,6 +325,7 @@ def _point(node: Node, where: str, sink: Sink, defaults: _Defaults, protocol: st
     sf = f.get("scale_factor", str)
     add = _plain_list(f, "add", lambda x: isinstance(x, str), "must be a point name or a list of them") or ()
     publish = f.get("publish", bool, True)
+    states = _states(f, name, wire["type"])
     nature_text = f.choice("nature", tuple(n.value for n in Nature))
     ratio_text = f.choice("ratio", tuple(r.value for r in Ratio))
     f.get("note", str)  # free text for people
@@ -331,8 +335,8 @@ def _point(node: Node, where: str, sink: Sink, defaults: _Defaults, protocol: st
     unit, factor, nature, ratio = _quantity(f, name, meter_unit, nature_text, ratio_text)
     return Point(
         name, address, scale=scale * factor, unit=unit, meter_unit=meter_unit, nature=nature, ratio=ratio,
-        invalid=invalid, scale_factor=sf, add=add, publish=publish, line=node.line, dlt645=dlt645, cjt188=cjt188,
-        **wire,
+        invalid=invalid, scale_factor=sf, add=add, publish=publish, states=states, line=node.line,
+        dlt645=dlt645, cjt188=cjt188, **wire,
     )  # fmt: skip
 
 
@@ -361,6 +365,37 @@ def _dlt645(f: Fields) -> ValueFormat:
         f.problem("offset", f"{offset} is outside 0..200 (bytes into the data block)")
         offset = 0
     return ValueFormat(digits, decimals, signed, offset)
+
+
+def _states(f: Fields, name: str, dtype: DataType) -> tuple[tuple[int, int], ...]:
+    """``states: {0: standby, 1: mppt, 3: fault}``: the vendor's codes -> canonical state names
+    (drivers/quantities.py INVERTER_STATES); reading publishes the canonical number."""
+    node = f.raw("states")
+    if node is None or node.value is None:
+        return ()
+    if not isinstance(node.value, dict) or not node.value:
+        f.problem("states", "must map each vendor code to a state, e.g. {0: standby, 1: mppt, 3: fault}")
+        return ()
+    if name != "inverter_state":
+        f.problem("states", "only inverter_state has a state vocabulary")
+    if dtype.is_float:
+        f.problem("states", f"a state code is an integer; {dtype.value} is not an integer type")
+    bits = 16 * dtype.registers
+    out: list[tuple[int, int]] = []
+    for code, target in node.value.items():
+        line, where = node.key_lines.get(code, node.line), f.sub(f"states.{code}")
+        state = target.value
+        if not code.isdigit() or int(code) >= 2**bits:  # YAML keys 3 and 0x5500 arrive as "3", "21760"
+            f.sink.add(line, where, f'"{code}" is not a {bits}-bit state code (write 3 or 0x5500)', f.label)
+        elif not isinstance(state, str) or state not in INVERTER_STATES:
+            known = ", ".join(INVERTER_STATES)
+            shown = f'"{state}"' if isinstance(state, str) else describe(state)
+            if state is False:
+                known += '; quote "off": YAML reads off as false'
+            f.sink.add(line, where, f"{shown} is not a state ({known}){suggest(str(state), INVERTER_STATES)}", f.label)
+        else:
+            out.append((int(code), INVERTER_STATES[state]))
+    return tuple(out)
 
 
 def _is_pattern(x: object) -> bool:
@@ -424,12 +459,28 @@ def _check_points(points: list[Point], sink: Sink, probe: str | None, line: int,
         if p.scale_factor and p.scale_factor in by_name and by_name[p.scale_factor].type.is_float:
             sink.add(p.line, f"points.{p.name}.scale_factor", "a scale factor register must be an integer type")
     ordered = sorted(points, key=lambda p: (p.function.value, p.address)) if overlap else []
+    twinned: set[tuple[Function, int]] = set()
     for a, b in itertools.pairwise(ordered):
-        if a.function is b.function and b.address < a.end:
-            sink.add(
-                b.line,
-                f"points.{b.name}.address",
-                f'registers {b.address}..{b.end - 1} overlap "{a.name}" ({a.address}..{a.end - 1})',
-            )
+        if a.function is not b.function or b.address >= a.end:
+            continue
+        if _twins(a, b) and (a.function, a.address) not in twinned:
+            twinned.add((a.function, a.address))  # inverter_state and its raw inverter_state_code
+            continue
+        hint = (
+            " (only a point with states: and one point for its raw code may share them)"
+            if a.address == b.address
+            else ""
+        )
+        sink.add(
+            b.line,
+            f"points.{b.name}.address",
+            f'registers {b.address}..{b.end - 1} overlap "{a.name}" ({a.address}..{a.end - 1}){hint}',
+        )
     if probe is not None and probe not in by_name:
         sink.add(line, "probe", f'unknown point "{probe}"{suggest(probe, by_name.keys())}')
+
+
+def _twins(a: Point, b: Point) -> bool:
+    """Two points reading the same registers the same way, one through its ``states:`` table."""
+    same = (a.address, a.type, a.word_order, a.byte_order) == (b.address, b.type, b.word_order, b.byte_order)
+    return same and bool(a.states) != bool(b.states)

@@ -61,8 +61,23 @@ QUANTITIES: dict[str, Quantity] = {
         *_q("energy_yield_total", "kWh", Nature.COUNTER),
         # Resets every day: a counter within the day, so not checked for monotony across days.
         *_q("energy_yield_today", "kWh"),
-        *_q("inverter_state", "-", Nature.STATE),
+        *_q("inverter_state", "-", Nature.STATE),  # a number of INVERTER_STATES (a model maps its codes)
+        *_q("inverter_state_code", "-", Nature.STATE),  # the vendor's own code, as the register holds it
     ]
+}
+
+#: What ``inverter_state`` publishes, whichever vendor's encoding the meter uses: SunSpec's operating
+#: state St (model 101/103, enum16), numbers as SunSpec assigns them. A model maps its vendor codes
+#: to these names with a point's ``states:`` table (drivers/model.py); SunSpec's St is native.
+INVERTER_STATES: dict[str, int] = {
+    "off": 1,
+    "sleeping": 2,  #: auto-shutdown, e.g. at night
+    "starting": 3,
+    "mppt": 4,  #: producing, tracking the maximum power point
+    "throttled": 5,  #: producing below the maximum (derating, curtailment)
+    "shutting_down": 6,
+    "fault": 7,
+    "standby": 8,
 }
 
 #: unit as a meter states it -> (canonical unit, factor to multiply by)

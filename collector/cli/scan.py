@@ -73,7 +73,9 @@ async def identify(transport: ModbusTransport, unit: int) -> Found:
             except (TransportError, codec.Unavailable, ValueError):
                 break
             lo, hi = PLAUSIBLE.get(point.name, (float("-inf"), float("inf")))
-            if not lo <= value <= hi:
+            if point.states and value not in dict(point.states):
+                break  # a vendor state code: plausible when the model's table has it
+            if not point.states and not lo <= value <= hi:
                 break
             evidence = evidence or f"{point.name} = {value:.6g} {point.unit}"
         else:

@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 from collector.simulator.modbus import ILLEGAL_ADDRESS, ILLEGAL_VALUE, Slave
 from drivers.modbus import codec
 from drivers.model import Function, Model, Point
+from drivers.quantities import INVERTER_STATES
 
 NOMINAL_V = 230.0
 
@@ -82,8 +83,8 @@ class Building:
         v["energy_export"] = e * 0.002
         v["energy_total"] = e * 1.002
         v["energy_combined"] = e * 0.998  # import - export
-        for i, share in enumerate((0.08, 0.32, 0.35, 0.25), start=1):  # sharp, peak, flat, valley tariffs
-            v[f"energy_import_t{i}"] = e * share
+        for i, tariff in enumerate((0.08, 0.32, 0.35, 0.25), start=1):  # sharp, peak, flat, valley tariffs
+            v[f"energy_import_t{i}"] = e * tariff
         v["reactive_energy_import"] = e * 0.31
         v["reactive_energy_export"] = e * 0.01
         v["ac_power"] = p_total
@@ -156,8 +157,9 @@ class SimulatedMeter:
                     rest = 0.0
         for p in self.model.points:
             if p.name not in raws:
-                raws[p.name] = values[p.name] / p.scale
-        for p in self.model.points:
+                raws[p.name] = _code(p, values[p.name]) if p.states else values[p.name] / p.scale
+        # A point with a states table last: its vendor code is what a raw-code twin at its address reads.
+        for p in sorted(self.model.points, key=lambda p: bool(p.states)):
             if p.name in self.absent:
                 words = codec.disarrange(p.invalid[0].to_bytes(2 * p.registers, "big"), p.word_order, p.byte_order)
             else:
@@ -195,6 +197,16 @@ class SimulatedMeter:
                 for p in counters:
                     out[p.address - address : p.end - address] = [0] * p.registers
         return out
+
+
+def _code(point: Point, state: float) -> int:
+    """A vendor code of the model's table for a canonical state: the first that means it, else the
+    code for standby, else the table's first code (a simulated meter never sends an unknown code)."""
+    for wanted in (state, INVERTER_STATES["standby"]):
+        code = next((vendor for vendor, canonical in point.states if canonical == wanted), None)
+        if code is not None:
+            return code
+    return point.states[0][0]
 
 
 def _fit(point: Point, raw: float) -> int | float:

@@ -58,6 +58,13 @@ def decode(requests: list[Request], replies: list[list[int] | None], out: Device
         if name not in out.raw:
             continue
         value = out.raw[name] * point.scale
+        if point.states:
+            state = _state(point, out.raw[name])
+            if state is None:
+                pattern = int(out.raw[name]) % 2 ** (16 * point.registers)  # a signed register: its bits
+                out.errors[name] = f"state code 0x{pattern:0{4 * point.registers}X} is not in the model's table"
+                continue
+            value = state
         if point.scale_factor:
             sf = out.raw.get(point.scale_factor)
             if sf is None:
@@ -80,6 +87,11 @@ def decode(requests: list[Request], replies: list[list[int] | None], out: Device
             out.errors[name] = f"{', '.join(missing)} unavailable"
             continue
         out.values[name] = tidy(value + sum(base[a] for a in point.add))
+
+
+def _state(point: Point, code: float) -> int | None:
+    """The canonical number (drivers/quantities.py INVERTER_STATES) of a vendor's state code."""
+    return next((state for vendor, state in point.states if vendor == code), None)
 
 
 async def read_device(

@@ -47,7 +47,7 @@ INVERTER = {
     "PhVphA": "voltage_l1", "PhVphB": "voltage_l2", "PhVphC": "voltage_l3",
     "W": "ac_power", "Hz": "frequency", "VA": "apparent_power", "VAr": "reactive_power", "PF": "power_factor",
     "WH": "energy_yield_total", "DCA": "dc_current", "DCV": "dc_voltage", "DCW": "dc_power",
-    "TmpCab": "inverter_temperature", "St": "inverter_state",
+    "TmpCab": "inverter_temperature", "St": "inverter_state", "StVnd": "inverter_state_code",
 }  # fmt: skip
 #: MPPT model 160, per module i: SunSpec point -> our name pattern
 MPPT = {"DCA": "dc_current_{i}", "DCV": "dc_voltage_{i}", "DCW": "dc_power_{i}", "DCWH": "dc_energy_{i}"}

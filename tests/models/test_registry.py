@@ -10,10 +10,19 @@ import pytest
 
 from drivers import registry
 from drivers.model import MAX_REQUEST_REGISTERS, load_model
-from drivers.quantities import QUANTITIES, UNIT_CONVERSIONS
+from drivers.quantities import INVERTER_STATES, QUANTITIES, UNIT_CONVERSIONS
 from drivers.source import ProblemsError
 
 NAMES = registry.names()
+
+#: Every state code each vendor's source documents for its inverter_state register, written out from
+#: the sources (the model files cite them) so that a code dropped from a table is caught.
+DOCUMENTED_STATE_CODES = {
+    # OpenInverterGateway Growatt120.cpp @ ad247df0: 0 waiting, 1 normal, 3 fault; Ardexa notes: 2 fault
+    "growatt-tl": {0, 1, 2, 3},
+    # SunGather registers-sungrow.yaml @ 2c2935d7, work_state_1 (doc 5038)
+    "sungrow-sg": {0x0000, 0x8000, 0x1300, 0x1500, 0x1400, 0x1200, 0x1600, 0x9100, 0x8100, 0x8200, 0x5500, 0x2500},
+}
 
 #: a meter's power and energy units -> what the platform gets (drivers/quantities.py), written out here
 #: rather than taken from UNIT_CONVERSIONS, so that a wrong entry there is caught
@@ -54,7 +63,15 @@ def test_model_invariants(name: str) -> None:
         assert p.unit in {u for u, _ in UNIT_CONVERSIONS.values()}
     by_fn = sorted(m.points, key=lambda p: (p.function.value, p.address)) if modbus else []
     for a, b in itertools.pairwise(by_fn):
-        assert a.function is not b.function or a.end <= b.address, f"{a.name} overlaps {b.name}"
+        twins = {a.name, b.name} == {"inverter_state", "inverter_state_code"} and a.address == b.address
+        assert a.function is not b.function or a.end <= b.address or twins, f"{a.name} overlaps {b.name}"
+    # One state vocabulary: a Modbus model maps its vendor's codes, every code its source documents.
+    if m.protocol == "modbus" and m.has("inverter_state") and m.point("inverter_state").publish:
+        state = m.point("inverter_state")
+        assert {code for code, _ in state.states} == DOCUMENTED_STATE_CODES[name], "states: must cover the source"
+        assert {canonical for _, canonical in state.states} <= set(INVERTER_STATES.values())
+        code = m.point("inverter_state_code")
+        assert (code.address, code.type, code.function, code.states) == (state.address, state.type, state.function, ())
     if m.probe:
         assert m.has(m.probe)
     # Whatever the meter counts power and energy in (W, Wh, MWh ...), the platform always gets kW and kWh.
