@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import select
 import shutil
@@ -12,7 +13,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 import pytest
 
@@ -21,18 +22,38 @@ ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
 
 
+class _Polls(Generic[T]):
+    """Iterating calls ``predicate`` until it returns something true (kept in ``result``), and
+    fails after ``timeout`` seconds; the caller sleeps between steps, blocking or not."""
+
+    def __init__(self, predicate: Callable[[], T], timeout: float, what: str) -> None:
+        self.predicate, self.timeout, self.what = predicate, timeout, what
+
+    def __iter__(self) -> Iterator[None]:
+        deadline = time.monotonic() + self.timeout
+        while not (result := self.predicate()):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {self.timeout:g} s waiting for {self.what}")
+            yield
+        self.result = result
+
+
 def wait_until(predicate: Callable[[], T], timeout: float, what: str, interval: float = 0.05) -> T:
     """Poll ``predicate`` until it returns something true, and return that; fail after ``timeout``
     seconds. Tests wait for a condition with a deadline, never for a fixed time: a ``sleep`` followed
     by an assert tests the machine's load, not the code."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+    polls = _Polls(predicate, timeout, what)
+    for _ in polls:
         time.sleep(interval)
+    return polls.result
+
+
+async def wait_until_async(predicate: Callable[[], T], timeout: float, what: str, interval: float = 0.01) -> T:
+    """``wait_until`` inside an event loop: polls without blocking it (the code under test runs there)."""
+    polls = _Polls(predicate, timeout, what)
+    for _ in polls:
+        await asyncio.sleep(interval)
+    return polls.result
 
 
 def free_port() -> int:

@@ -8,24 +8,13 @@ import math
 import re
 import time
 from collections import defaultdict
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
-
-import pytest
 
 from tests.conftest import PtyPair, Simulator, free_port, wait_until
 from tests.integration.daemon_parts import DaemonProcess, buffered, site_config, stored
 from tests.mqtt_parts import Mosquitto, Proxy, Subscriber
 from tests.schemas import validate
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Mosquitto]:
-    (tmp_path / "broker").mkdir()
-    b = Mosquitto(tmp_path / "broker").start()
-    yield b
-    b.stop()
 
 
 def sdm120s(simulator: type[Simulator], n: int = 5) -> int:

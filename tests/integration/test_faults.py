@@ -27,14 +27,6 @@ from tests.mqtt_parts import Mosquitto, Proxy, Subscriber
 from tests.schemas import validate
 
 
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Mosquitto]:
-    (tmp_path / "broker").mkdir()
-    b = Mosquitto(tmp_path / "broker").start()
-    yield b
-    b.stop()
-
-
 def sdm120s(simulator: type[Simulator], n: int) -> int:
     port = free_port()
     simulator("--model", "eastron-sdm120", "--tcp", f"127.0.0.1:{port}", "--ids", f"1-{n}")
