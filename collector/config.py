@@ -43,6 +43,7 @@ from drivers.source import (
 )
 
 ID = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?")  #: use with fullmatch (``$`` would let a final newline in)
+CATEGORY = re.compile(r"[0-9]{2}[0-9A-Z]{3}")  #: an energy category code such as 01A00 (fullmatch)
 BUS_TYPES = ("rtu", "tcp", "rtu-over-tcp", "dlt645", "cjt188")
 SERIAL_TYPES = ("rtu", "dlt645", "cjt188")
 #: which model protocols each bus type carries
@@ -351,7 +352,7 @@ def _categories(node: Node | None, sink: Sink) -> dict[str, str]:
         cats = Fields(node, "categories", sink)
         for code in list(cats.data):
             name = cats.get(code, str, "")
-            if not re.fullmatch(r"[0-9]{2}[0-9A-Z]{3}", code):
+            if not CATEGORY.fullmatch(code):
                 cats.problem(code, f'"{code}" is not an energy classification code like "01E00" (quote it)')
             else:
                 categories[code] = name
@@ -747,7 +748,7 @@ def _carried(f: _Fields, model: Model | None, bus: str, btype: str | None) -> Mo
 def _category(f: _Fields, categories: dict[str, str]) -> str | None:
     """An energy classification code, from the national table or the site's."""
     category: str | None = f.get("category", str)
-    if category is not None and not re.fullmatch(r"[0-9]{2}[0-9A-Z]{3}", category):
+    if category is not None and not CATEGORY.fullmatch(category):
         f.problem("category", f'"{category}" is not an energy classification code like "01A00"')
     elif category is not None and category not in categories:
         f.problem(
