@@ -322,6 +322,8 @@ def _point(node: Node, where: str, sink: Sink, defaults: _Defaults, protocol: st
     invalid = _plain_list(f, "invalid", _is_pattern, "must be a bit pattern (e.g. 0x8000) or a list of them")
     if invalid is None:
         invalid = defaults.invalid.get(wire["type"], ())
+    elif any(m >= 2 ** (16 * wire["type"].registers) for m in invalid):
+        f.problem("invalid", f"a marker is wider than the point's {wire['type'].value}")
     sf = f.get("scale_factor", str)
     add = _plain_list(f, "add", lambda x: isinstance(x, str), "must be a point name or a list of them") or ()
     publish = f.get("publish", bool, True)

@@ -61,6 +61,9 @@ def test_model_invariants(name: str) -> None:
                 close = difflib.get_close_matches(p.name, QUANTITIES, n=1, cutoff=0.85)
                 assert not close, f"{p.name} looks like canonical {close}"
         assert p.unit in {u for u, _ in UNIT_CONVERSIONS.values()}
+        # Every "not available" marker is a bit pattern of the point's own width, never a float's value.
+        bits = 16 * p.type.registers
+        assert all(0 <= marker < 2**bits for marker in p.invalid), f"{p.name}: a marker wider than {p.type.value}"
     by_fn = sorted(m.points, key=lambda p: (p.function.value, p.address)) if modbus else []
     for a, b in itertools.pairwise(by_fn):
         twins = {a.name, b.name} == {"inverter_state", "inverter_state_code"} and a.address == b.address
@@ -98,6 +101,7 @@ points:
   - {name: active_power, address: 10, unit: kg}
   - {name: energy_import, address: 70000, unit: kWh}
   - {name: voltage_l1, address: 20, unit: V, colour: red}
+  - {name: frequency, address: 30, type: int16, unit: Hz, invalid: 0x7FFFFFFF}
 """
 
 
@@ -113,3 +117,4 @@ def test_a_broken_model_reports_every_problem_with_its_line(tmp_path: Path) -> N
     assert f'{path}:11 points[4] "voltage_l1": colour: unknown key' in text
     assert f"{path}:11 points.voltage_l1: duplicate point name (first on line 7)" in text
     assert "overlap" in text and "current_l1" in text
+    assert f'{path}:12 points[5] "frequency": invalid: a marker is wider than the point\'s int16' in text
