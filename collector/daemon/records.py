@@ -45,11 +45,6 @@ class Event:
         out.update(self.detail)
         return out
 
-    @staticmethod
-    def parse(body: dict[str, Any]) -> Event:
-        rest = {k: v for k, v in body.items() if k not in ("event", "meter")}
-        return Event(str(body["event"]), body.get("meter"), rest)
-
 
 @dataclass(slots=True, frozen=True)
 class Interval:

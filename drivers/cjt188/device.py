@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Callable
 
 from drivers.cjt188 import frame
 from drivers.errors import NoReply, NotConnected
@@ -27,34 +29,30 @@ class Cjt188Reader(LineReader):
 
     async def read_address(self, *, retries: int | None = None) -> str:
         """The one meter on the line (read-address to the wildcard), in either DI byte order."""
-        last: NoReply | None = None
-        for order in frame.DI_ORDERS:
-            request = frame.read_address_request(order=order)
-            try:
-                reply = await self.line.transact(request, self.replies(frame.WILDCARD), retries=retries)
-            except NoReply as exc:
-                last = exc
-                continue
-            self.orders[str(reply.address)] = order
-            return str(reply.address)
-        assert last is not None
-        raise last
+        reply = await self._ask(
+            frame.DI_ORDERS, lambda order: frame.read_address_request(order=order), frame.WILDCARD, retries
+        )
+        return str(reply.address)
 
     async def _read(self, addr: str, di: int, retries: int | None) -> frame.Frame:
         known = self.orders.get(addr)
         orders = (known,) if known else frame.DI_ORDERS
-        for i, order in enumerate(orders):
-            try:
-                reply: frame.Frame = await self.line.transact(
-                    frame.read_request(addr, di, order=order), self.replies(addr), retries=retries
-                )
-            except NoReply:
-                if i == len(orders) - 1:
-                    raise
-                continue
-            self.orders[addr] = order
-            return reply
-        raise AssertionError("unreachable")
+        return await self._ask(orders, lambda order: frame.read_request(addr, di, order=order), addr, retries)
+
+    async def _ask(
+        self, orders: tuple[str, ...], request: Callable[[str], bytes], sender: str, retries: int | None
+    ) -> frame.Frame:
+        """Each DI byte order in turn until the meter answers (its silence to the last is raised);
+        the order that worked is remembered for the meter that answered."""
+        for order in orders[:-1]:
+            with contextlib.suppress(NoReply):
+                return await self._send(request(order), order, sender, retries)
+        return await self._send(request(orders[-1]), orders[-1], sender, retries)
+
+    async def _send(self, request: bytes, order: str, sender: str, retries: int | None) -> frame.Frame:
+        reply: frame.Frame = await self.line.transact(request, self.replies(sender), retries=retries)
+        self.orders[str(reply.address)] = order
+        return reply
 
     async def read_meter(
         self, address: int | str, model: Model, names: list[str], *, retries: int | None = None
