@@ -90,3 +90,48 @@ class SerialPort:
             with contextlib.suppress(Exception):
                 self._port.close()
         self._port, self._fd = None, -1
+
+
+def holders(device: str) -> list[str]:
+    """Who else has ``device`` open: ``pid 1234 (meter-collector run -c /etc/meter-collector/site.yaml)``.
+    From /proc: as root every process, as another user only that user's own (then the port's
+    exclusive lock still refuses a second opener, without a name)."""
+    try:
+        target = os.path.realpath(device)
+    except OSError:
+        return []
+    found = []
+    me = os.getpid()
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == me:
+            continue
+        try:
+            fds = os.scandir(f"/proc/{entry.name}/fd")
+            held = any(_link(fd.path) == target for fd in fds)
+        except OSError:
+            continue  # gone, or not ours to look at
+        if held:
+            found.append(f"pid {entry.name} ({_cmdline(entry.name)})")
+    return found
+
+
+def _link(path: str) -> str:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return ""
+
+
+def _cmdline(pid: str) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().rstrip(b"\0").split(b"\0")
+    except OSError:
+        return "?"
+    words = [
+        os.path.basename(a.decode(errors="replace")) if i == 0 else a.decode(errors="replace")
+        for i, a in enumerate(argv)
+    ]
+    if len(words) > 2 and words[0].startswith("python") and words[1] == "-m" and words[2] == "collector.cli":
+        words = ["meter-collector", *words[3:]]  # run as a module: say what it is
+    return " ".join(words)[:200]

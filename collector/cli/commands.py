@@ -11,23 +11,17 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from collector import __version__
+from collector import __version__, readout
 from collector.cli import logs
 from collector.config import Config, load_config
-from collector.daemon.calibration import GOOD, Reading
+from collector.daemon.calibration import GOOD
 from drivers import registry
 from drivers.source import ProblemsError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-
-
-def iso(ts: datetime) -> str:
-    """2026-11-27T08:00:00.412Z"""
-    return ts.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts.microsecond // 1000:03d}Z"
 
 
 def _load(path: str, *, check_files: bool = True) -> Config | None:
@@ -66,94 +60,50 @@ def cmd_read(args: argparse.Namespace) -> int:
                 print(f'read: unknown meter "{u}"{suggest(u, known)}', file=sys.stderr)
             return EXIT_USAGE
         meters = [m for m in meters if m.id in args.meter]
-    readings = asyncio.run(read_once(config, meters, with_hidden=args.raw))
-    from collector.daemon.counters import Ledger
-
-    ledger = Ledger(config.consumption_interval)
+    through = _read_through_daemon(config, [m.id for m in meters], raw=args.raw)
+    if through is not None:
+        if isinstance(through, int):
+            return through
+        for doc in through:
+            text = doc.pop("text")
+            print(json.dumps(doc, ensure_ascii=False) if args.json else text)
+        return EXIT_OK if all(d["quality"] == GOOD for d in through) else EXIT_FAILED
+    readings = readout.continued(config, asyncio.run(read_once(config, meters, with_hidden=args.raw)))
     for r in readings:
-        # Counters as the daemon would publish them: continued across recorded meter replacements.
-        ledger.process(config.meter(r.meter), r)
         if args.json:
-            obj = reading_json(r, config)
-            if args.raw:
-                obj["meter_values"] = r.meter_values
-                obj["registers"] = r.registers
-            print(json.dumps(obj, ensure_ascii=False))
+            print(json.dumps(readout.reading_doc(r, config, raw=args.raw), ensure_ascii=False))
         else:
-            print(render_reading(r, config, raw=args.raw))
+            print(readout.render_reading(r, config, raw=args.raw))
     return EXIT_OK if all(r.quality == GOOD for r in readings) else EXIT_FAILED
 
 
-def reading_json(r: Reading, config: Config) -> dict[str, Any]:
-    meter = config.meter(r.meter)
-    return {
-        "meter": r.meter,
-        "ts": iso(r.ts),
-        "values": r.values,
-        "raw": r.raw,
-        "quality": r.quality,
-        "errors": r.errors,
-        "absent": r.absent,  #: points the meter says it does not have: not errors
-        "failure": r.failure,  #: why the meter gave nothing at all (then every point's error says it too)
-        "units": {n: (r.model or meter.model).point(n).unit for n in r.values},
-        "model": meter.model.name,
-        "requests": r.requests,
-    }
+def _read_through_daemon(config: Config, meter_ids: list[str], *, raw: bool) -> list[dict[str, Any]] | int | None:
+    """The running daemon's fresh readings (it holds the lines), an exit code when one runs but will not
+    answer, or None when no daemon runs on this config's buffer: then `read` opens the lines itself."""
+    from collector.daemon import control
 
-
-def _fmt(v: float | int | None) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, int):
-        return str(v)
-    return f"{v:.10g}"
-
-
-def render_reading(r: Reading, config: Config, *, raw: bool = False) -> str:
-    meter = config.meter(r.meter)
-    bus = config.buses[meter.bus]
-    model = r.model or meter.model
-    where = "unit" if isinstance(meter.address, int) else "address"
-    head = (
-        f"{r.meter}  {model.name} on {bus.name} ({bus.describe()}) {where} {meter.address}: "
-        f"{r.quality}, {r.requests} request(s), {r.seconds * 1000:.0f} ms"
-    )
-    lines = [head]
-    if r.failure is not None:  # one line for the meter, not the same reason against every point
-        lines.append(f"  error: {r.failure}")
-
-    def listed(name: str) -> bool:
-        if name in r.values or (raw and name in r.raw):
-            return True
-        return (name in r.errors and r.errors[name] != r.failure) or name in r.absent
-
-    names = [p.name for p in model.points if listed(p.name)]
-    names += [n for n in r.errors if not model.has(n) and listed(n)]
-    width = max([len(n) for n in names] + [5])
-    if raw and names:
-        lines.append(f"  {'point':<{width}}  {'registers':<19}  {'raw':>12}  {'meter':>12}  {'calibrated':>12}  unit")
-    for name in names:
-        if name in r.absent:
-            lines.append(f"  {name:<{width}}  absent: {r.absent[name]}")
-            continue
-        if name in r.errors and not (raw and name in r.raw):  # --raw shows the registers, then the error
-            lines.append(f"  {name:<{width}}  error: {r.errors[name]}")
-            continue
-        if raw:
-            p = model.point(name)
-            digits = 4 if model.protocol in ("modbus", "sunspec") else 2  # words, or DL/T 645 bytes
-            regs = " ".join(f"{w:0{digits}X}" for w in r.registers.get(name, []))
-            cal = r.values.get(name)
-            shown = _fmt(cal) if p.publish else "(not published)"
-            lines.append(
-                f"  {name:<{width}}  {regs:<19}  {_fmt(r.raw.get(name)):>12}  "
-                f"{_fmt(r.meter_values.get(name)):>12}  {shown:>12}  {p.unit}"
-            )
-            if name in r.errors and r.errors[name] != r.failure:
-                lines.append(f"  {'':<{width}}  error: {r.errors[name]}")
-        else:
-            lines.append(f"  {name:<{width}}  {_fmt(r.values.get(name)):>14} {model.point(name).unit}")
-    return "\n".join(lines)
+    request = {"command": "read", "meters": meter_ids, "raw": raw, "text": True}
+    try:
+        answer = control.ask(config.storage.path, request)
+    except control.NoDaemon:
+        return None
+    except PermissionError:
+        sock = control.socket_path(config.storage.path)
+        print(
+            f"read: a daemon is running this config but {sock} is not open to you: run as root, or add your "
+            "account to the service's group (sudo usermod -aG meter-collector $USER, then log in again)",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    except (OSError, ValueError) as exc:
+        print(f"read: the running daemon did not answer ({exc})", file=sys.stderr)
+        return EXIT_FAILED
+    if not answer.get("ok"):
+        print(f"read: the running daemon refused: {answer.get('error')}", file=sys.stderr)
+        return EXIT_FAILED
+    print("read through the running daemon (it holds the lines)", file=sys.stderr)
+    docs: list[dict[str, Any]] = answer["readings"]
+    return docs
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -260,6 +210,18 @@ def cmd_scan(args: argparse.Namespace) -> int:
     if serial_proto and not args.port:
         print(f"scan: {args.protocol} meters are on a serial line: use --port DEV", file=sys.stderr)
         return EXIT_USAGE
+    if args.port:
+        from drivers.serialport import holders
+
+        held = holders(args.port)
+        if held:
+            print(
+                f"scan: {args.port} is held by {', '.join(held)}: a second master on the line would garble both. "
+                "A running daemon reads its meters for you (meter-collector read -c CONFIG); to scan, stop it first "
+                "(sudo systemctl stop meter-collector)",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
     bus: dict[str, object]
     try:
         if serial_proto:

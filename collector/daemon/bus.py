@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from collector.config import Bus, Config, Meter
@@ -61,6 +63,15 @@ def make_reader(bus: Bus) -> MeterReader:
     return ModbusReader(link_for(bus), gap_for(bus))
 
 
+def wanted(meter: Meter, with_hidden: bool = False) -> list[str]:
+    """The points a read asks for: the published ones, and with ``with_hidden`` the helpers and
+    settings `read --raw` shows too."""
+    names = list(meter.points)
+    if with_hidden:
+        names += [p.name for p in meter.model.points if not p.publish and p.name not in names]
+    return names
+
+
 async def read_meter(
     reader: MeterReader,
     meter: Meter,
@@ -85,10 +96,7 @@ async def read_once(config: Config, meters: list[Meter], *, with_hidden: bool = 
         out = []
         try:
             for m in ms:
-                names = list(m.points)
-                if with_hidden:
-                    names += [p.name for p in m.model.points if not p.publish and p.name not in names]
-                out.append(await read_meter(reader, m, names))
+                out.append(await read_meter(reader, m, wanted(m, with_hidden)))
         finally:
             reader.close()
         return out
@@ -121,8 +129,26 @@ class Backoff:
         return now >= self.not_before
 
 
+ASKS_WAITING = 8  #: reads asked of a bus (read through the daemon, cmd/read) that may wait at once
+
+
+class Busy(Exception):
+    """A bus has too many asked reads waiting: ask again later."""
+
+
+@dataclass(slots=True)
+class _Ask:
+    """A read asked of the running daemon: answered, not stored, ahead of the next queued poll."""
+
+    meter: Meter
+    with_hidden: bool
+    done: asyncio.Future[Reading] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
 class BusWorker:
-    """Owns one physical bus: polls its meters one at a time, in slot order."""
+    """Owns one physical bus: polls its meters one at a time, in slot order. A read asked through
+    `ask` (the `read` command while the daemon runs, a platform's cmd/read) goes before the queued
+    polls, so it waits at most for the transaction on the line: one master on the bus."""
 
     def __init__(
         self,
@@ -141,7 +167,9 @@ class BusWorker:
         self.sink = sink
         self.health = health
         self.reader = make_reader(bus)
-        self.queue: asyncio.Queue[tuple[Meter, datetime]] = asyncio.Queue()
+        self.queue: deque[tuple[Meter, datetime]] = deque()
+        self.asks: deque[_Ask] = deque()
+        self._wake = asyncio.Event()
         self.busy: set[str] = set()
         self.backoff = {m.id: Backoff(m.interval, backoff_cap) for m in meters}
         self.started_at: float | None = None  # monotonic start of the running poll
@@ -162,7 +190,24 @@ class BusWorker:
             mh.skipped_backoff += 1
             return
         self.busy.add(meter.id)
-        self.queue.put_nowait((meter, slot))
+        self.queue.append((meter, slot))
+        self._wake.set()
+
+    async def ask(self, meter: Meter, *, with_hidden: bool = False) -> Reading:
+        """A fresh reading of ``meter``, read on this bus between polls; not given to the sink.
+        Raises Busy when ASKS_WAITING reads already wait."""
+        if len(self.asks) >= ASKS_WAITING:
+            raise Busy(f'bus "{self.bus.name}" has {len(self.asks)} reads waiting; ask again later')
+        ask = _Ask(meter, with_hidden)
+        self.asks.append(ask)
+        self._wake.set()
+        return await asyncio.shield(ask.done)
+
+    async def _next(self) -> _Ask | tuple[Meter, datetime]:
+        while not (self.asks or self.queue):
+            self._wake.clear()
+            await self._wake.wait()
+        return self.asks.popleft() if self.asks else self.queue.popleft()
 
     def stuck(self) -> bool:
         return self.started_at is not None and time.monotonic() - self.started_at > self.stuck_after
@@ -170,7 +215,11 @@ class BusWorker:
     async def run(self) -> None:
         try:
             while True:
-                meter, slot = await self.queue.get()
+                job = await self._next()
+                if isinstance(job, _Ask):
+                    await self._answer(job)
+                    continue
+                meter, slot = job
                 self.started_at = time.monotonic()
                 try:
                     await self.poll(meter, slot)
@@ -186,7 +235,28 @@ class BusWorker:
                     self.started_at = None
                     self.busy.discard(meter.id)
         finally:
+            for ask in self.asks:
+                ask.done.cancel()
             self.reader.close()
+
+    async def _answer(self, ask: _Ask) -> None:
+        if ask.done.cancelled():
+            return  # the asker went away while it waited
+        self.started_at = time.monotonic()
+        before_requests, before_timeouts = self.reader.requests, self.reader.timeouts
+        try:
+            reading = await read_meter(self.reader, ask.meter, wanted(ask.meter, ask.with_hidden))
+        except Exception as exc:
+            if not ask.done.done():
+                ask.done.set_exception(exc)
+        else:
+            if not ask.done.done():
+                ask.done.set_result(reading)
+        finally:
+            self.bus_health.transactions += self.reader.requests - before_requests
+            self.bus_health.timeouts += self.reader.timeouts - before_timeouts
+            self.bus_health.busy_s += time.monotonic() - self.started_at
+            self.started_at = None
 
     async def poll(self, meter: Meter, slot: datetime) -> None:
         backoff = self.backoff[meter.id]

@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from collector.daemon.records import Event
@@ -27,6 +28,7 @@ class MeterHealth:
     skipped_overlap: int = 0  #: a slot came while the previous poll was still queued or running
     skipped_backoff: int = 0  #: slots not polled while a dead meter backs off
     down_since: float | None = None  #: wall-clock seconds
+    last_good: float | None = None  #: wall-clock seconds of the last reading with values
     last_error: str = ""
 
 
@@ -58,6 +60,7 @@ class Health:
 
     def mark_up(self, meter_id: str, bus: str) -> None:
         m = self.meter(meter_id)
+        m.last_good = time.time()
         if m.down_since is not None:
             down = round(time.time() - m.down_since, 1)
             m.down_since = None
@@ -86,6 +89,8 @@ class Health:
                     "skipped_overlap": m.skipped_overlap,
                     "skipped_backoff": m.skipped_backoff,
                     "online": m.down_since is None,
+                    **({"offline_since": _iso(m.down_since)} if m.down_since is not None else {}),
+                    **({"last_good": _iso(m.last_good)} if m.last_good is not None else {}),
                     **({"last_error": m.last_error} if m.last_error else {}),
                 }
                 for name, m in self.meters.items()
@@ -93,3 +98,7 @@ class Health:
             "missed_slots": self.missed_slots,
             "clock_steps": self.clock_steps,
         }
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")

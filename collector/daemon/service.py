@@ -16,6 +16,7 @@ import logging
 import signal
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
@@ -25,6 +26,7 @@ from collector.daemon import clock, payloads, systemd
 from collector.daemon.buffer import AsyncBuffer, CorruptBuffer
 from collector.daemon.bus import BusWorker
 from collector.daemon.calibration import Reading
+from collector.daemon.control import Control, ControlSocket, socket_path
 from collector.daemon.counters import Ledger
 from collector.daemon.health import Health
 from collector.daemon.publisher import Publisher
@@ -46,7 +48,9 @@ STOP_POLLS = 5.0  #: seconds running polls get to finish on SIGTERM
 class Daemon:
     """The running pipeline, built whole from a config and an open buffer (``Daemon.open``)."""
 
-    def __init__(self, config: Config, buffer: AsyncBuffer, ledger: Ledger) -> None:
+    def __init__(
+        self, config: Config, buffer: AsyncBuffer, ledger: Ledger, request_reload: Callable[[], None] | None = None
+    ) -> None:
         mqtt = config.mqtt
         assert mqtt is not None
         self.config = config
@@ -55,6 +59,7 @@ class Daemon:
         self._last_status = ""
         self.discovered: dict[str, Any] = {}  #: meter id -> model found by discovery (SunSpec)
         self.absent: dict[str, dict[str, str]] = {}  #: meter id -> points it said it does not have
+        self.latest: dict[str, Reading] = {}  #: meter id -> its last poll's reading (for the status page)
         self.topics = payloads.Topics(mqtt.topic_prefix, config.gateway.id)
         self.publisher = Publisher(
             mqtt, config.gateway.id, buffer, self.topics, window=mqtt.max_inflight, on_connect=self._publish_meta
@@ -69,14 +74,18 @@ class Daemon:
                     bus, meters, self._reading, self.health, on_model=self._publish_discovered
                 )
         self.poller = Poller(list(config.meters), self._enqueue, on_missed=self._missed)
+        self.control = Control(self, request_reload)
+        self.control_socket = ControlSocket(self.control, socket_path(config.storage.path))
 
     @classmethod
-    async def open(cls, config: Config) -> Daemon:
-        """Open the buffer (moving a corrupt one aside) and build the pipeline on it."""
+    async def open(cls, config: Config, request_reload: Callable[[], None] | None = None) -> Daemon:
+        """Open the buffer (moving a corrupt one aside) and build the pipeline on it. ``request_reload``:
+        what a reload command does (SIGHUP's work)."""
         s = config.storage
         buffer = await AsyncBuffer.open(s.path, max_age=s.max_age, max_size=s.max_size)
         try:
-            return cls(config, buffer, Ledger.load(await buffer.ledger(), config.consumption_interval))
+            ledger = Ledger.load(await buffer.ledger(), config.consumption_interval)
+            return cls(config, buffer, ledger, request_reload)
         except BaseException:
             await buffer.close()
             raise
@@ -86,6 +95,7 @@ class Daemon:
         cfg = self.config
         assert cfg.mqtt is not None
         sup = self.supervisor
+        await self.control_socket.start()  # first: refuses to start beside another daemon on this buffer
         await self.publisher.start(sup)
         sup.start("writer", self.writer.run)
         sup.start("retention", self._retention)
@@ -152,6 +162,7 @@ class Daemon:
     def _reading(self, r: Reading) -> None:
         """A poll's reading to the writer; ``meta`` again when the points the meter lacks change
         (learned from its first complete answer, so the platform knows they will not come)."""
+        self.latest[r.meter] = r
         if r.failure is None and self.absent.get(r.meter, {}).keys() != r.absent.keys():
             self.absent[r.meter] = dict(r.absent)
             self._meta(self.config.meter(r.meter))
@@ -203,6 +214,19 @@ class Daemon:
             self.publisher.offer(rows)
             await asyncio.sleep(RETENTION_PERIOD)
 
+    async def read_now(self, meter_ids: list[str], *, with_hidden: bool = False) -> list[Reading]:
+        """Fresh readings, read on the bus workers between polls (buses in parallel), not stored."""
+
+        async def one_bus(worker: BusWorker, ids: list[str]) -> list[Reading]:
+            return [await worker.ask(worker.meters[i], with_hidden=with_hidden) for i in ids]
+
+        by_bus: dict[str, list[str]] = {}
+        for i in meter_ids:
+            by_bus.setdefault(self.config.meter(i).bus, []).append(i)
+        results = await asyncio.gather(*(one_bus(self.workers[b], ids) for b, ids in by_bus.items()))
+        order = {m: n for n, m in enumerate(meter_ids)}
+        return sorted((r for rs in results for r in rs), key=lambda r: order[r.meter])
+
     async def health_payload(self) -> dict[str, Any]:
         stats = await self.buffer.stats()
         pub = {
@@ -252,6 +276,7 @@ class Daemon:
         await self.publisher.drain(DRAIN_ON_STOP)
         await self.supervisor.stop()
         await self.publisher.stop()
+        await self.control_socket.stop()
         await self.buffer.close()
 
 
@@ -265,8 +290,8 @@ async def _watchdog(daemon_ref: list[Daemon]) -> None:
             systemd.notify("WATCHDOG=1")
 
 
-async def _start(config: Config, ref: list[Daemon]) -> Daemon:
-    daemon = await Daemon.open(config)
+async def _start(config: Config, ref: list[Daemon], request_reload: Callable[[], None] | None = None) -> Daemon:
+    daemon = await Daemon.open(config, request_reload)
     ref[:] = [daemon]
     try:
         await daemon.start()
@@ -314,7 +339,7 @@ async def serve(config: Config) -> int:
     dog = asyncio.create_task(_watchdog(ref))
     try:
         try:
-            daemon = await _start(config, ref)
+            daemon = await _start(config, ref, reload.set)
         except START_ERRORS as exc:
             log.critical("cannot start: %s", _cause(exc))
             return 1
@@ -334,11 +359,11 @@ async def serve(config: Config) -> int:
             log.info("reloading %s", config.path)
             await daemon.stop()
             try:
-                daemon = await _start(new, ref)
+                daemon = await _start(new, ref, reload.set)
                 config = new
             except START_ERRORS as exc:
                 log.error("reload failed: %s; going on with the previous config", _cause(exc))
-                daemon = await _start(config, ref)
+                daemon = await _start(config, ref, reload.set)
     finally:
         dog.cancel()
 

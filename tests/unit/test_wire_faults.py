@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import serial
 
-from collector.cli.commands import reading_json, render_reading
 from collector.config import load_config
 from collector.daemon.calibration import calibrate
+from collector.readout import reading_json, render_reading
 from collector.simulator.meters import SunSpecDevice
 from drivers.errors import CannotOpen, cannot_open, os_reason
 from drivers.modbus import sunspec
