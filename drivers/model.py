@@ -98,6 +98,11 @@ class Point:
     invalid: tuple[int, ...] = ()  #: raw bit patterns meaning "not available", e.g. 0x8000
     scale_factor: str | None = None  #: name of a point holding a power-of-ten exponent (SunSpec *_SF)
     add: tuple[str, ...] = ()  #: points whose values are added (an integer total + its fraction)
+    #: points holding a setting code whose ``factors`` multiply this value (a totaliser's unit, its
+    #: multiplier): applied after ``add``; a code the table lacks makes the value an error
+    scale_by: tuple[str, ...] = ()
+    #: (code, multiplier): what this setting register's codes mean, for the points that ``scale_by`` it
+    factors: tuple[tuple[int, float], ...] = ()
     publish: bool = True  #: False: read for `read --raw` or as a helper, never published
     #: (vendor code, canonical number): ``states:`` maps what the register holds to INVERTER_STATES;
     #: a code not in it is an error on the point, never a number
@@ -122,7 +127,9 @@ class Point:
         if self.dlt645 is not None:
             return self.dlt645.span * self.scale
         steps = self.type.span
-        return None if self.cjt188 is not None or steps is None else steps * self.scale
+        if self.cjt188 is not None or self.scale_by or steps is None:
+            return None  # a CJ/T 188 unit, or a multiplier, comes with each reading
+        return steps * self.scale
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +176,7 @@ class Model:
                 continue
             out[p.name] = p
             stack.extend(p.add)
+            stack.extend(p.scale_by)
             if p.scale_factor:
                 stack.append(p.scale_factor)
         return sorted(out.values(), key=lambda p: (p.function.value, p.address))
@@ -326,6 +334,8 @@ def _point(node: Node, where: str, sink: Sink, defaults: _Defaults, protocol: st
         f.problem("invalid", f"a marker is wider than the point's {wire['type'].value}")
     sf = f.get("scale_factor", str)
     add = _plain_list(f, "add", lambda x: isinstance(x, str), "must be a point name or a list of them") or ()
+    scale_by = _plain_list(f, "scale_by", lambda x: isinstance(x, str), "must be a point name or a list of them") or ()
+    factors = _factors(f, wire["type"])
     publish = f.get("publish", bool, True)
     states = _states(f, name, wire["type"])
     nature_text = f.choice("nature", tuple(n.value for n in Nature))
@@ -337,7 +347,8 @@ def _point(node: Node, where: str, sink: Sink, defaults: _Defaults, protocol: st
     unit, factor, nature, ratio = _quantity(f, name, meter_unit, nature_text, ratio_text)
     return Point(
         name, address, scale=scale * factor, unit=unit, meter_unit=meter_unit, nature=nature, ratio=ratio,
-        invalid=invalid, scale_factor=sf, add=add, publish=publish, states=states, line=node.line,
+        invalid=invalid, scale_factor=sf, add=add, scale_by=scale_by, factors=factors, publish=publish,
+        states=states, line=node.line,
         dlt645=dlt645, cjt188=cjt188, **wire,
     )  # fmt: skip
 
@@ -367,6 +378,29 @@ def _dlt645(f: Fields) -> ValueFormat:
         f.problem("offset", f"{offset} is outside 0..200 (bytes into the data block)")
         offset = 0
     return ValueFormat(digits, decimals, signed, offset)
+
+
+def _factors(f: Fields, dtype: DataType) -> tuple[tuple[int, float], ...]:
+    """``factors: {0: 1, 1: 0.001}``: a setting register's codes -> the multiplier each one means."""
+    node = f.raw("factors")
+    if node is None or node.value is None:
+        return ()
+    if not isinstance(node.value, dict) or not node.value:
+        f.problem("factors", "must map each code to a multiplier, e.g. {0: 1, 1: 0.001}")
+        return ()
+    if dtype.is_float:
+        f.problem("factors", f"a setting code is an integer; {dtype.value} is not an integer type")
+    out: list[tuple[int, float]] = []
+    for code, target in node.value.items():
+        line, where = node.key_lines.get(code, node.line), f.sub(f"factors.{code}")
+        factor = target.value
+        if not code.isdigit():
+            f.sink.add(line, where, f'"{code}" is not a code (write 3 or 0x0003)', f.label)
+        elif isinstance(factor, bool) or not isinstance(factor, int | float) or not factor > 0:
+            f.sink.add(line, where, f"must be a multiplier above 0, not {describe(factor)}", f.label)
+        else:
+            out.append((int(code), float(factor)))
+    return tuple(out)
 
 
 def _states(f: Fields, name: str, dtype: DataType) -> tuple[tuple[int, int], ...]:
@@ -455,9 +489,13 @@ def _check_points(points: list[Point], sink: Sink, probe: str | None, line: int,
         if overlap and p.end > 0x10000:
             sink.add(p.line, f"points.{p.name}", f"{p.type.value} at {p.address} runs past register 65535")
     for p in points:
-        for ref, what in [(p.scale_factor, "scale_factor"), *((a, "add") for a in p.add)]:
+        refs = [(p.scale_factor, "scale_factor"), *((a, "add") for a in p.add), *((b, "scale_by") for b in p.scale_by)]
+        for ref, what in refs:
             if ref is not None and ref not in by_name:
                 sink.add(p.line, f"points.{p.name}.{what}", f'unknown point "{ref}"{suggest(ref, by_name.keys())}')
+        for ref in p.scale_by:
+            if ref in by_name and not by_name[ref].factors:
+                sink.add(p.line, f"points.{p.name}.scale_by", f'"{ref}" has no factors: table (what its codes mean)')
         if p.scale_factor and p.scale_factor in by_name and by_name[p.scale_factor].type.is_float:
             sink.add(p.line, f"points.{p.name}.scale_factor", "a scale factor register must be an integer type")
     ordered = sorted(points, key=lambda p: (p.function.value, p.address)) if overlap else []

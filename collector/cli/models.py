@@ -19,7 +19,12 @@ def render(model: Model) -> str:
 
 
 def _flag(p: Point) -> str:
-    return "" if p.publish else "  (not published)"
+    flags = [] if p.publish else ["not published"]
+    if p.scale_by:
+        flags.append(f"x {' x '.join(p.scale_by)}")
+    if p.factors:
+        flags.append("codes " + ", ".join(f"{c}: x{f:g}" for c, f in p.factors))
+    return f"  ({'; '.join(flags)})" if flags else ""
 
 
 def _dlt645(model: Model) -> list[str]:

@@ -102,6 +102,10 @@ class Building:
         return v
 
 
+def _neutral_code(point: Point) -> int:
+    return next((code for code, factor in point.factors if factor == 1.0), point.factors[0][0])
+
+
 def default_for(point: Point) -> float:
     """Values of points the building does not know: settings and status registers."""
     if point.name.endswith("_ratio_setting"):
@@ -134,8 +138,11 @@ class SimulatedMeter:
     def engineering(self, t: float) -> dict[str, float]:
         """Every point's value in canonical units, as the meter would publish it."""
         world = self.building.values(t)
-        out = {}
+        out: dict[str, float] = {}
         for p in self.model.points:
+            if p.factors and p.name not in self.overrides:
+                out[p.name] = _neutral_code(p)  # a setting (a totaliser's unit): the code meaning x1
+                continue
             out[p.name] = self.overrides.get(p.name, world.get(p.name, default_for(p)))
         return out
 
@@ -146,6 +153,9 @@ class SimulatedMeter:
         values = self.engineering(t)
         images: dict[int, dict[int, int]] = {3: {}, 4: {}}
         raws: dict[str, float] = {}
+        for p in self.model.points:
+            for ref in p.scale_by:  # counted in the unit and multiplier the settings say
+                values[p.name] /= dict(self.model.point(ref).factors).get(int(values[ref]), 1.0)
         for p in self.model.points:
             if p.add:  # integer total + fraction helpers: the helper takes what the total cannot hold
                 whole = math.floor(values[p.name] / p.scale) * p.scale

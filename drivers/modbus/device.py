@@ -82,11 +82,24 @@ def decode(requests: list[Request], replies: list[list[int] | None], out: Device
         if name not in base:
             continue
         value = base[name]
-        missing = [a for a in point.add if a not in base]
+        missing = [a for a in point.add if a not in base] + [b for b in point.scale_by if b not in out.raw]
         if missing:
             out.errors[name] = f"{', '.join(missing)} unavailable"
             continue
-        out.values[name] = tidy(value + sum(base[a] for a in point.add))
+        value += sum(base[a] for a in point.add)
+        for ref in point.scale_by:
+            setting, code = points[ref], int(out.raw[ref])
+            factor = dict(setting.factors).get(code)
+            if factor is None:
+                known = ", ".join(str(c) for c, _ in setting.factors)
+                out.errors[name] = (
+                    f"{ref} = {code} (register {setting.address}) is not a code the model knows ({known}): "
+                    "the value is refused rather than published in the wrong unit"
+                )
+                break
+            value *= factor
+        else:
+            out.values[name] = tidy(value)
 
 
 def _state(point: Point, code: float) -> int | None:

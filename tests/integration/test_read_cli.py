@@ -135,7 +135,7 @@ def test_models_list_and_show_print_the_map_and_the_plan() -> None:
     assert listed.returncode == 0 and "eastron-sdm630" in listed.stdout
     shown = cli("models", "show", "tuf-2000m")
     assert shown.returncode == 0
-    assert "CDAB" in shown.stdout and "FC03 0x0000+26" in shown.stdout
+    assert "CDAB" in shown.stdout and "FC03 0x0000+28" in shown.stdout and "FC03 0x059d+2" in shown.stdout
     # A DL/T 645 model as its protocol speaks it: identifiers, BCD formats, signs, block offsets.
     dlt = cli("models", "show", "dlt645-2007")
     assert dlt.returncode == 0 and "read 11H" in dlt.stdout and " fc " not in dlt.stdout

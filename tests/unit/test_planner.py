@@ -79,7 +79,7 @@ def test_functions_are_never_mixed() -> None:
 def test_helpers_are_planned_with_their_point() -> None:
     m = registry.load("tuf-2000m")
     names = {p.name for p in m.needed_for(["volume"])}
-    assert names == {"volume", "volume_fraction"}
+    assert names == {"volume", "volume_fraction", "totaliser_unit", "totaliser_multiplier"}
 
 
 layouts = st.lists(
