@@ -92,6 +92,26 @@ class SerialPort:
         self._port, self._fd = None, -1
 
 
+def locked_by(device: str) -> list[str] | None:
+    """None when ``device`` is free to open exclusively (or cannot be opened at all: the opener will
+    say why); else who holds it (``holders``), as far as this user can see: possibly []."""
+    import fcntl
+
+    try:
+        fd = os.open(device, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # what pyserial's exclusive=True takes
+    except BlockingIOError:
+        return holders(device)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)  # closing drops our lock
+    return None
+
+
 def holders(device: str) -> list[str]:
     """Who else has ``device`` open: ``pid 1234 (meter-collector run -c /etc/meter-collector/site.yaml)``.
     From /proc: as root every process, as another user only that user's own (then the port's

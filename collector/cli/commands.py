@@ -211,12 +211,13 @@ def cmd_scan(args: argparse.Namespace) -> int:
         print(f"scan: {args.protocol} meters are on a serial line: use --port DEV", file=sys.stderr)
         return EXIT_USAGE
     if args.port:
-        from drivers.serialport import holders
+        from drivers.serialport import locked_by
 
-        held = holders(args.port)
-        if held:
+        held = locked_by(args.port)
+        if held is not None:
+            who = ", ".join(held) or "another program"
             print(
-                f"scan: {args.port} is held by {', '.join(held)}: a second master on the line would garble both. "
+                f"scan: {args.port} is held by {who}: a second master on the line would garble both. "
                 "A running daemon reads its meters for you (meter-collector read -c CONFIG); to scan, stop it first "
                 "(sudo systemctl stop meter-collector)",
                 file=sys.stderr,

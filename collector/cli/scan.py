@@ -53,7 +53,10 @@ async def identify(transport: ModbusTransport, unit: int) -> Found:
         blocks = await sunspec.discover(transport, unit, retries=0)
         common = await sunspec.read_common(transport, unit, blocks, retries=0)
         ids = ",".join(str(b.model_id) for b in blocks)
-        return Found(unit, "sunspec-inverter", f"SunSpec models {ids} ({common.get('Mn', '?')} {common.get('Md', '')})")
+        declared = {b.model_id for b in blocks}
+        meter_only = bool(declared & set(sunspec.METERS)) and not declared & set(sunspec.INVERTERS)
+        found = "sunspec-meter" if meter_only else "sunspec-inverter"
+        return Found(unit, found, f"SunSpec models {ids} ({common.get('Mn', '?')} {common.get('Md', '')})")
     except TransportError:
         pass
     best: tuple[int, str, str] | None = None

@@ -24,7 +24,9 @@ from drivers.quantities import QUANTITIES, Nature, Ratio, canonical_unit
 BASES = (40000, 0, 50000)
 MARKER = [0x5375, 0x6E53]  # "SunS"
 END = 0xFFFF
-SUPPORTED = (1, 101, 102, 103, 160)
+INVERTERS = (101, 102, 103, 111, 112, 113)  #: single/split/three-phase, integer + SF and float
+METERS = (201, 202, 203, 204, 211, 212, 213, 214)  #: single/split/wye/delta AC meters, integer + SF and float
+SUPPORTED = (1, *INVERTERS, 160, *METERS)
 
 #: SunSpec point type -> (our type, "not implemented" bit pattern)
 TYPES: dict[str, tuple[DataType, int | None]] = {
@@ -37,8 +39,12 @@ TYPES: dict[str, tuple[DataType, int | None]] = {
     "uint32": (DataType.UINT32, 0xFFFFFFFF),
     "int32": (DataType.INT32, 0x80000000),
     "bitfield32": (DataType.UINT32, 0xFFFFFFFF),
+    "float32": (DataType.FLOAT32, 0x7FC00000),  # models 111-113, 211-214: NaN is "not implemented"
 }
-UNITS = {"A": "A", "V": "V", "W": "W", "Hz": "Hz", "VA": "VA", "var": "var", "Pct": "%", "Wh": "Wh", "C": "°C"}
+UNITS = {
+    "A": "A", "V": "V", "W": "W", "Hz": "Hz", "VA": "VA", "var": "var", "Pct": "%", "Wh": "Wh", "C": "°C",
+    "PF": "-",  # 211-214 give cos φ itself (-1..1), not a percentage
+}  # fmt: skip
 
 #: inverter models 101/102/103: SunSpec point -> our name
 INVERTER = {
@@ -48,6 +54,20 @@ INVERTER = {
     "W": "ac_power", "Hz": "frequency", "VA": "apparent_power", "VAr": "reactive_power", "PF": "power_factor",
     "WH": "energy_yield_total", "DCA": "dc_current", "DCV": "dc_voltage", "DCW": "dc_power",
     "TmpCab": "inverter_temperature", "St": "inverter_state", "StVnd": "inverter_state_code",
+}  # fmt: skip
+#: AC meter models 201-204 (integer + SF) and 211-214 (float): SunSpec point -> our name. 20x names a
+#: line-to-line voltage PhVphAB, 21x PPVphAB. In a device that is also an inverter (SolarEdge lists its
+#: meters in the inverter's chain) the meter's points are published with "meter_" before the name.
+METER = {
+    "AphA": "current_l1", "AphB": "current_l2", "AphC": "current_l3",
+    "PhVphA": "voltage_l1", "PhVphB": "voltage_l2", "PhVphC": "voltage_l3",
+    "PhVphAB": "voltage_l1_l2", "PhVphBC": "voltage_l2_l3", "PhVphCA": "voltage_l3_l1",
+    "PPVphAB": "voltage_l1_l2", "PPVphBC": "voltage_l2_l3", "PPVphCA": "voltage_l3_l1",
+    "Hz": "frequency", "W": "active_power", "WphA": "active_power_l1", "WphB": "active_power_l2",
+    "WphC": "active_power_l3", "VA": "apparent_power", "VAphA": "apparent_power_l1", "VAphB": "apparent_power_l2",
+    "VAphC": "apparent_power_l3", "VAR": "reactive_power", "VARphA": "reactive_power_l1",
+    "VARphB": "reactive_power_l2", "VARphC": "reactive_power_l3", "PF": "power_factor", "PFphA": "power_factor_l1",
+    "PFphB": "power_factor_l2", "PFphC": "power_factor_l3", "TotWhImp": "energy_import", "TotWhExp": "energy_export",
 }  # fmt: skip
 #: MPPT model 160, per module i: SunSpec point -> our name pattern
 MPPT = {"DCA": "dc_current_{i}", "DCV": "dc_voltage_{i}", "DCW": "dc_power_{i}", "DCWH": "dc_energy_{i}"}
@@ -156,6 +176,8 @@ def build_model(blocks: list[Block], common: dict[str, str] | None = None) -> Mo
     """A Model from the discovered blocks (supported models only; others are skipped)."""
     points: list[Point] = []
     declared = [b.model_id for b in blocks]
+    inverter = any(m in INVERTERS for m in declared)
+    meter_prefix = "meter_" if inverter else ""
     for b in blocks:
         if b.model_id not in SUPPORTED or b.model_id == 1:
             continue
@@ -170,10 +192,11 @@ def build_model(blocks: list[Block], common: dict[str, str] | None = None) -> Mo
                 points.append(_point(pname, addr, spec["type"], None, None, publish=False, nature=Nature.STATE))
             return pname
 
-        if b.model_id in (101, 102, 103):
-            for sp_name, ours in INVERTER.items():
-                if sp_name not in fixed:
-                    continue
+        if b.model_id in INVERTERS or b.model_id in METERS:
+            names = INVERTER if b.model_id in INVERTERS else {k: meter_prefix + v for k, v in METER.items()}
+            for sp_name, ours in names.items():
+                if sp_name not in fixed or any(p.name == ours for p in points):
+                    continue  # a second meter block in one chain: its first is read
                 addr, spec = fixed[sp_name]
                 sf = sf_point(spec["sf"], fixed, prefix) if spec.get("sf") else None
                 points.append(_point(ours, addr, spec["type"], spec.get("units"), sf, publish=True))
@@ -196,7 +219,7 @@ def build_model(blocks: list[Block], common: dict[str, str] | None = None) -> Mo
         name="sunspec",
         vendor=info.get("Mn", "SunSpec"),
         model=info.get("Md", "inverter"),
-        kind="pv",
+        kind="pv" if inverter or not any(m in METERS for m in declared) else "electricity",
         protocol="sunspec",
         manual="SunSpec Information Models (pysunspec2 JSON definitions), models " + ", ".join(map(str, declared)),
         points=tuple(points),

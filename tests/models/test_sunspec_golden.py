@@ -26,7 +26,7 @@ from drivers.model import Model
 from drivers.reading import DeviceRead
 from tests.models.test_golden import CASES_DIR, CapturedRegisters, case_params
 
-CASES = sorted(p for p in (CASES_DIR / "sunspec-inverter").glob("*") if p.is_dir())
+CASES = sorted(p for m in ("sunspec-inverter", "sunspec-meter") for p in (CASES_DIR / m).glob("*") if p.is_dir())
 
 
 def discover_and_read(
@@ -58,3 +58,20 @@ def test_discovers_and_decodes_the_register_image(case: Path) -> None:
     assert result.values == pytest.approx(expected["values"], rel=1e-6)
     assert sorted(result.errors) == expected["errors"]
     assert sorted(result.absent) == expected.get("absent", [])
+
+
+@pytest.mark.parametrize(
+    ("case", "model", "kind"),
+    [
+        ("sunspec-meter/hand-built-203-wye", "sunspec-meter", "electricity"),
+        ("sunspec-inverter/hand-built-113-float", "sunspec-inverter", "pv"),
+    ],
+)
+def test_scan_names_a_sunspec_meter_apart_from_an_inverter(case: str, model: str, kind: str) -> None:
+    from collector.cli.scan import identify
+
+    registers = CapturedRegisters(json.loads((CASES_DIR / case / "registers.json").read_text()))
+    found = asyncio.run(identify(registers, 1))  # type: ignore[arg-type]
+    assert found.model == model
+    _, _, built, _ = discover_and_read(registers, [])
+    assert built.kind == kind
