@@ -2,7 +2,9 @@
 
 One transaction at a time; the configured pause between requests; after a timeout the line is
 waited out (``drain``) before anything else is sent, so a late reply is never taken as the next
-answer; a port that disappears (USB adapter unplugged) is reopened on the next transaction.
+answer; a port that disappears (USB adapter unplugged) is reopened on the next transaction. With
+``--trace`` each frame written (FE wake-up bytes included) and every byte read are traced
+(drivers/trace.py).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from drivers import trace
 from drivers.errors import NoReply, NotConnected, cannot_open
 from drivers.serialport import SerialPort, SerialSettings
 
@@ -26,6 +29,7 @@ class SerialLine:
         retries: int = 1,
         pause: float = 0.0,
         drain: float | None = None,
+        name: str = "",
     ) -> None:
         self.settings = settings
         self.timeout = timeout
@@ -38,6 +42,9 @@ class SerialLine:
         self._lock = asyncio.Lock()
         self._quiet_until = 0.0
         self.requests = self.timeouts = self.bytes_in = self.bytes_out = 0
+        self.tracer = trace.Tracer(name or settings.device)  #: frame traces, named after the bus
+        self._heard = bytearray()  # while tracing: the bytes received since the last trace line
+        self._heard_at = 0.0
 
     def open(self) -> None:
         if self._port.is_open:
@@ -52,6 +59,9 @@ class SerialLine:
             self.close()
         self.bytes_in += len(data)
         self._rx += data
+        if trace.ON:
+            self._heard += data
+            self._heard_at = time.monotonic()
         self._event.set()
 
     def _lost(self) -> None:
@@ -60,6 +70,8 @@ class SerialLine:
 
     def close(self) -> None:
         self._port.close()
+        if trace.ON:
+            self.tracer.flush()
 
     async def transact(self, frame: bytes, take: Callable[[bytearray], Any], *, retries: int | None = None) -> Any:
         """Send ``frame``; return what ``take`` finds in the received bytes (it removes what it used)."""
@@ -72,28 +84,40 @@ class SerialLine:
                     await asyncio.sleep(delay)
                 self._rx.clear()
                 self.requests += 1
+                if trace.ON and self._heard:  # since the last transaction: a late reply, noise
+                    self.tracer.stray(bytes(self._heard))
+                    self._heard.clear()
                 try:
                     self._port.write(frame)
                 except OSError:
                     self.close()
                     raise NotConnected(f"lost {self.settings.describe()}") from None
                 self.bytes_out += len(frame)
+                if trace.ON:
+                    self.tracer.sent(frame)
                 deadline = time.monotonic() + self.timeout + len(frame) * self.settings.char_time
+                outcome = "interrupted"  # for the trace: how the transaction ended
                 try:
                     while True:
                         found = take(self._rx)
                         if found is not None:
+                            outcome = ""
                             return found
                         if not self._port.is_open:
+                            outcome = "lost"
                             raise NotConnected(f"lost {self.settings.describe()}")
                         remaining = deadline - time.monotonic()
                         if remaining <= 0:
+                            outcome = "timeout"
                             break
                         self._event.clear()
                         with contextlib.suppress(TimeoutError):
                             await asyncio.wait_for(self._event.wait(), remaining)
                 finally:
                     self._quiet_until = time.monotonic() + self.pause + 3.5 * self.settings.char_time
+                    if trace.ON:
+                        self.tracer.heard(bytes(self._heard), last=self._heard_at, outcome=outcome)
+                        self._heard.clear()
                 self.timeouts += 1
                 self._quiet_until = max(self._quiet_until, time.monotonic() + self.drain)
                 if attempt + 1 == attempts:

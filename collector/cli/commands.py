@@ -309,11 +309,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="meter-collector", description="Read meters; deliver every reading.")
     p.add_argument("--version", action="version", version=f"meter-collector {__version__}")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging (frame traces: --trace)")
     sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     run = sub.add_parser("run", help="the daemon: poll, buffer, publish (foreground; systemd Type=notify)")
     run.add_argument("-c", "--config", required=True)
+    run.add_argument("--trace", action="store_true", help="log every frame sent and received: hex, timing")
     run.set_defaults(func=cmd_run)
 
     b = sub.add_parser("buffer", help="the SQLite outbox: stats, or export what is unsent as JSON lines")
@@ -331,6 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--meter", action="append", default=[], metavar="ID", help="only this meter (repeatable)")
     r.add_argument("--raw", action="store_true", help="show registers, raw and uncalibrated values too")
     r.add_argument("--json", action="store_true", help="one JSON object per meter")
+    r.add_argument("--trace", action="store_true", help="log every frame sent and received: hex, timing")
     r.set_defaults(func=cmd_read)
 
     m = sub.add_parser("models", help="list meter models or show one with its read plan")
@@ -348,6 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--parity", choices=("N", "E", "O"), help="default N (Modbus) or E (DL/T 645, CJ/T 188)")
     sc.add_argument("--ids", default="1-247", help="Modbus unit ids to try (default 1-247)")
     sc.add_argument("--timeout", help="per unit id, e.g. 200ms (default 200ms serial, 500ms TCP)")
+    sc.add_argument("--trace", action="store_true", help="log every frame sent and received: hex, timing")
     sc.set_defaults(func=cmd_scan)
 
     s = sub.add_parser("simulate", help="serve simulated meters of a model")
@@ -409,7 +412,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.DEBUG if args.verbose else (logging.INFO if args.verb == "run" else logging.WARNING)
-    logs.setup(level)  # syslog priorities under journald, timestamps elsewhere
+    logs.setup(level, trace=getattr(args, "trace", False))  # journald priorities; frame traces with --trace
     try:
         code = int(args.func(args))
         sys.stdout.flush()  # here, not at exit, so a closed pipe is caught below

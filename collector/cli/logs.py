@@ -5,6 +5,9 @@ that line's syslog priority (sd-daemon(3), SyslogLevelPrefix=yes by default). Wi
 is priority 6 (info) and ``journalctl -p warning`` shows nothing. The prefix is used only when
 stderr really is the journal stream named by ``$JOURNAL_STREAM`` (device:inode), so a command run
 by hand inside a service's environment, or piped to a file, prints plain lines.
+
+Frame traces (``--trace``, drivers/trace.py) are DEBUG lines of the logger ``drivers.trace``, written
+whatever the level of the rest, and only with ``--trace``: ``-v`` alone does not turn them on.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import logging
 import os
 import sys
 from typing import TextIO
+
+from drivers import trace as frames
 
 #: Python level -> syslog priority (sd-daemon.h: SD_ERR 3, SD_WARNING 4, SD_INFO 6, SD_DEBUG 7)
 PRIORITIES = {logging.CRITICAL: 2, logging.ERROR: 3, logging.WARNING: 4, logging.INFO: 6, logging.DEBUG: 7}
@@ -45,7 +50,8 @@ def priority(level: int) -> int:
     return 7
 
 
-def setup(level: int, stream: TextIO | None = None) -> None:
+def setup(level: int, stream: TextIO | None = None, *, trace: bool = False) -> None:
+    """Log at ``level`` to ``stream`` (stderr); ``trace``: frame traces too, at any level."""
     stream = stream if stream is not None else sys.stderr
     handler = logging.StreamHandler(stream)
     if journal_stream(stream):
@@ -56,3 +62,4 @@ def setup(level: int, stream: TextIO | None = None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    frames.enable(trace)

@@ -41,6 +41,7 @@ def link_for(bus: Bus) -> Link:
         retries=bus.retries,
         pause=bus.pause,
         drain=bus.drain,
+        name=bus.name,
     )
 
 
@@ -54,7 +55,9 @@ def make_reader(bus: Bus) -> MeterReader:
     """The reader for a bus's protocol: Modbus (TCP, RTU, RTU over TCP), DL/T 645 or CJ/T 188."""
     if bus.type in ("dlt645", "cjt188"):
         assert bus.serial is not None  # config gives every serial bus its settings
-        line = SerialLine(bus.serial, timeout=bus.timeout, retries=bus.retries, pause=bus.pause, drain=bus.drain)
+        line = SerialLine(
+            bus.serial, timeout=bus.timeout, retries=bus.retries, pause=bus.pause, drain=bus.drain, name=bus.name
+        )
         if bus.type == "dlt645":
             return Dlt645Reader(line)
         from drivers.cjt188.device import Cjt188Reader

@@ -20,6 +20,10 @@ What pymodbus does not do for us, and this module does (measured in docs/referen
 * Connection management: pymodbus's own background reconnect is off; the link is (re)opened on
   demand, so a USB adapter that vanishes and returns is reopened without a restart, and the bus
   worker decides about backoff.
+* Frame traces (drivers/trace.py, ``--trace``): the request as pymodbus writes it (its public
+  ``trace_packet`` hook: the whole ADU, MBAP header or CRC included) and, when the transaction ends,
+  every byte heard during it (from the ``data_received`` hook, which sees each chunk once; pymodbus's
+  own hook is handed its growing buffer again with each chunk, and not at all on a timeout).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from pymodbus import FramerType
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 
+from drivers import trace
 from drivers.errors import (
     MODBUS_EXCEPTIONS,
     BadReply,
@@ -66,6 +71,7 @@ class Link:
     retries: int = 1  #: further attempts after a timeout
     pause: float = 0.0  #: silence between the end of one transaction and the next request
     drain: float | None = None  #: wait after a timeout on a serial line; default: the timeout
+    name: str = ""  #: the bus's name in the config, for frame traces
 
     def __post_init__(self) -> None:
         if (self.kind == "rtu") != (self.serial is not None):
@@ -88,6 +94,13 @@ class Link:
             return self.serial.describe()
         return f"{self.kind}://{self.host}:{self.port}"
 
+    @property
+    def label(self) -> str:
+        """The bus in a frame trace: its name, else its port or host:port."""
+        if self.name:
+            return self.name
+        return self.serial.device if self.serial is not None else f"{self.host}:{self.port}"
+
 
 class ModbusTransport:
     """A Modbus master on one physical bus."""
@@ -104,12 +117,21 @@ class ModbusTransport:
         self.bytes_in = 0
         self._sent = b""  # the request frame of the running transaction
         self._heard = bytearray()  # every byte received during it
+        self._heard_at = 0.0  # when the last of them came (kept only while tracing)
+        self._hooked = False  # is data_received ours (see _hook)?
         self._connect_error: BaseException | None = None
+        self.tracer = trace.Tracer(link.label)
 
     def _trace(self, sending: bool, data: bytes) -> bytes:
+        """pymodbus's ``trace_packet`` hook: every frame it sends (and its receive buffer)."""
         if sending:
             self.bytes_out += len(data)
             self._sent = data
+            if trace.ON:
+                self.tracer.sent(data)
+        elif not self._hooked:  # no data_received hook: pymodbus's buffer is the best we have
+            self._heard[:] = data
+            self._heard_at = time.monotonic()
         return data
 
     def _make_client(self) -> Any:
@@ -154,12 +176,15 @@ class ModbusTransport:
         def data_received(data: bytes) -> None:
             self.bytes_in += len(data)
             self._heard += data
+            if trace.ON:
+                self._heard_at = time.monotonic()
             try:
                 received(data)
             except Exception as exc:  # a frame pymodbus cannot decode: the request ends as Garbled
                 log.debug("%s: undecodable bytes %s: %s", self.link.describe(), data.hex(), exc)
 
         ctx.data_received = data_received
+        self._hooked = True
 
     async def connect(self) -> None:
         if self._client is not None and self._client.connected:
@@ -187,6 +212,8 @@ class ModbusTransport:
         if self._client is not None:
             self._client.close()
             self._client = None
+        if trace.ON:
+            self.tracer.flush()
 
     async def read(
         self, unit: int, function: Function, address: int, count: int, *, retries: int | None = None
@@ -233,11 +260,18 @@ class ModbusTransport:
         call = (
             self._client.read_holding_registers if function is Function.HOLDING else self._client.read_input_registers
         )
+        if trace.ON and self._heard:  # bytes since the last transaction ended: a late reply, noise
+            self.tracer.stray(bytes(self._heard))
         self._sent = b""
         self._heard.clear()
+        outcome = "interrupted"  # for the trace: how the transaction ended (cancelled, unless said)
+        started = time.monotonic()
         try:
             rr = await call(address, count=count, device_id=unit)
+            outcome = ""
         except ModbusIOException:
+            # pymodbus timed out, or refused a reply at once (another unit or transaction id)
+            outcome = "timeout" if time.monotonic() - started >= 0.9 * self.link.timeout else "refused"
             heard = bytes(self._heard)
             if self.link.serial_line and self._sent and heard.startswith(self._sent):
                 heard = heard[len(self._sent) :]  # an adapter echoing our own request
@@ -246,10 +280,17 @@ class ModbusTransport:
                 raise Garbled(f"unit {unit}: unreadable reply ({why}): {preview(heard)}") from None
             raise NoReply(f"no reply from unit {unit} in {self.link.timeout * 1000:g} ms") from None
         except ConnectionException:
+            outcome = "lost"
             self.close()
             raise NotConnected(f"lost {self.link.describe()}") from None
         except ModbusException as exc:
+            outcome = "garbled"
             raise BadReply(f"unit {unit}: {exc}") from None
+        finally:
+            if trace.ON:
+                if self._sent:  # pymodbus sent the request (not so when the link was already down)
+                    self.tracer.heard(bytes(self._heard), last=self._heard_at, outcome=outcome)
+                self._heard.clear()
         replied = rr.function_code & 0x7F  # an exception reply carries the function code + 0x80
         if replied != function.code:
             raise BadReply(f"unit {unit}: asked FC{function.code:02d}, reply is FC{replied:02d}")
