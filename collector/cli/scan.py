@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from drivers import registry
+from drivers import registry, trace
 from drivers.dlt645.device import Dlt645Reader
 from drivers.errors import BadReply, ExceptionReply, NoReply, NotConnected, TransportError
 from drivers.modbus import codec, sunspec
@@ -42,6 +42,8 @@ class Found:
 
 
 def progress(done: int, total: int, found: int, out: Callable[[str], None]) -> None:
+    if trace.ON:
+        return  # the frame trace is the progress; a \r line would cut into its lines
     width = 30
     filled = width * done // max(total, 1)
     out(f"\rscanning {done:>3}/{total} [{'#' * filled}{'.' * (width - filled)}] found {found}")
