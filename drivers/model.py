@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from drivers.cjt188.frame import Field
 from drivers.dlt645.frame import ValueFormat
@@ -77,6 +77,8 @@ KINDS = ("electricity", "water", "pv", "heat", "gas")
 PROTOCOLS = ("modbus", "dlt645", "cjt188", "sunspec")
 _FORMAT = re.compile(r"^(X+)(?:\.(X+))?$")
 ORDERS = ("big", "little")
+T = TypeVar("T")
+DERIVED_MAX = 256  #: derived values kept per model (read plans: one per point list and gap)
 MAX_REQUEST_REGISTERS = 125  #: the Modbus limit for functions 03 and 04
 
 
@@ -152,9 +154,21 @@ class Model:
     probe: str | None = None  #: the point `scan` reads to recognise the model
     path: str = ""
     _by_name: dict[str, Point] = field(default_factory=dict, compare=False, repr=False)
+    _derived: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         self._by_name.update({p.name: p for p in self.points})
+
+    def derived(self, key: Any, build: Callable[[], T]) -> T:
+        """What ``build`` computes from this model alone (a read plan), computed once per ``key``:
+        a model does not change after loading, and a poll should not re-plan what the last one did."""
+        try:
+            return self._derived[key]  # type: ignore[no-any-return]
+        except KeyError:
+            if len(self._derived) >= DERIVED_MAX:  # the keys are a site's point lists: few; never unbounded
+                self._derived.clear()
+            value = self._derived[key] = build()
+            return value
 
     def point(self, name: str) -> Point:
         return self._by_name[name]

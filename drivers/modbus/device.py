@@ -123,7 +123,8 @@ async def read_device(
     that cannot be opened, ends the read (a dead meter costs its bus one timeout, not one per
     request).
     """
-    requests = plan(model, model.needed_for(names), gap=gap, single=single)
+    key = ("plan", tuple(names), gap, single)
+    requests = model.derived(key, lambda: plan(model, model.needed_for(names), gap=gap, single=single))
     out = DeviceRead()
     replies: list[list[int] | None] = []
     started = time.monotonic()

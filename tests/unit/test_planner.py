@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from drivers import registry
-from drivers.modbus.planner import DEFAULT_GAP_SERIAL, DEFAULT_GAP_TCP, plan
+from drivers.modbus.planner import DEFAULT_GAP_SERIAL, DEFAULT_GAP_TCP, Request, plan
 from drivers.model import DataType, Function, Model, Point
 
 
@@ -140,3 +140,29 @@ def test_plan_prints(tmp_path: Path) -> None:
     m = registry.load("eastron-sdm630")
     text = str(plan(m, [m.point("frequency")], gap=16)[0])
     assert text.startswith("FC04 0x0046+2") and "frequency" in text
+
+
+def test_a_poll_reuses_the_plan_of_the_last_poll_of_the_same_points() -> None:
+    import asyncio
+
+    from drivers.modbus.device import read_device
+
+    m = registry.load("eastron-sdm120")
+    calls: list[tuple[int, int]] = []
+
+    class Zeros:
+        async def read(
+            self, unit: int, function: Function, address: int, count: int, *, retries: int | None = None
+        ) -> list[int]:
+            calls.append((address, count))
+            return [0] * count
+
+    names = ["voltage_l1", "energy_import"]
+    for _ in range(3):
+        asyncio.run(read_device(Zeros(), 1, m, names, gap=48))
+    key = ("plan", tuple(names), 48, False)
+    first: list[Request] = m.derived(key, list)  # the cached plan, not a new empty one
+    assert first and [(r.address, r.count) for r in first] == calls[: len(first)]
+    assert calls == calls[: len(first)] * 3
+    other = m.derived(("plan", ("voltage_l1",), 48, False), lambda: plan(m, m.needed_for(["voltage_l1"]), gap=48))
+    assert other is not first
