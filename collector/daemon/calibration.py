@@ -58,7 +58,11 @@ def calibrate(meter: Meter, read: DeviceRead, slot: datetime, ts: datetime) -> R
         if not point.publish:
             continue  # a helper or a setting shown by `read --raw`: never published
         pc = cal.points.get(name)
-        v = value * ratio_factor(point.ratio, cal.ct_ratio, cal.pt_ratio)
+        factor = ratio_factor(point.ratio, cal.ct_ratio, cal.pt_ratio)
+        if pc is None and factor == 1.0:
+            values[name] = float(value)  # tidy already (drivers): nothing here adds binary noise
+            continue
+        v = value * factor
         if pc is not None:
             v = v * pc.scale + pc.offset
         values[name] = tidy(v)
