@@ -61,16 +61,19 @@ async def identify(transport: ModbusTransport, unit: int) -> Found:
         return Found(unit, found, f"SunSpec models {ids} ({common.get('Mn', '?')} {common.get('Md', '')})")
     except TransportError:
         pass
-    best: tuple[int, str, str] | None = None
+    best: tuple[int, str, str, int] | None = None  # (plausible readings, model, evidence, -checks)
     for name in registry.names():
         model = registry.load(name)
         if model.protocol != "modbus" or not model.probe:
             continue
         # The probe first, then every other point with a plausible range: a model fits only if all of
-        # them read plausibly, and the model with the most such checks wins (an SDM630 and an SDM120
-        # share the probe; only the SDM630 has plausible voltages on L2 and L3).
+        # them read plausibly, and the model with the most plausible readings wins (an SDM630 and an
+        # SDM120 share the probe; only the SDM630 has plausible voltages on L2 and L3). A point other
+        # than the probe that reads 0 neither fits nor fails: an unused phase of a single-phase
+        # inverter, a frequency before the grid is there at dawn. On a tie the smaller model wins.
         checks = [model.point(model.probe)] + [p for p in model.points if p.name in PLAUSIBLE and p.name != model.probe]
         evidence = ""
+        score = 0
         for point in checks:
             try:
                 words = await transport.read(unit, point.function, point.address, point.registers, retries=0)
@@ -80,12 +83,15 @@ async def identify(transport: ModbusTransport, unit: int) -> Found:
             lo, hi = PLAUSIBLE.get(point.name, (float("-inf"), float("inf")))
             if point.states and value not in dict(point.states):
                 break  # a vendor state code: plausible when the model's table has it
+            if value == 0 and point is not checks[0] and not point.states:
+                continue
             if not point.states and not lo <= value <= hi:
                 break
+            score += 1
             evidence = evidence or f"{point.name} = {value:.6g} {point.unit}"
         else:
-            if best is None or len(checks) > best[0]:
-                best = (len(checks), name, evidence)
+            if best is None or (score, -len(checks)) > (best[0], best[3]):
+                best = (score, name, evidence, -len(checks))
     if best is not None:
         return Found(unit, best[1], best[2])
     return Found(unit, None, "answers, but no built-in model's probe fits")
