@@ -15,6 +15,7 @@ or changed. Relative paths (files, storage, site models) are relative to the con
 from __future__ import annotations
 
 import errno
+import ipaddress
 import os
 import re
 import stat
@@ -165,6 +166,21 @@ class Meter:
     address_line: int = 0
 
 
+WEB_USER = "admin"  #: the status page's HTTP basic auth user name when web.username is not set
+
+
+@dataclass(frozen=True, slots=True)
+class Web:
+    """The status page and /metrics (collector/daemon/web.py). Absent from the config: not served."""
+
+    listen: str  #: as written, e.g. 127.0.0.1:8080 or [::1]:8080
+    host: str  #: "" means every address
+    port: int
+    username: str = WEB_USER
+    password_file: str | None = None  #: HTTP basic auth; read when the page starts, never kept here
+    line: int = 0
+
+
 @dataclass(frozen=True, slots=True)
 class Clock:
     sync_check: str = "kernel"  #: "kernel": trust the clock once NTP has set it (adjtimex); "none": always
@@ -184,6 +200,7 @@ class Config:
     categories: dict[str, str] = field(default_factory=dict)  #: code -> name (national table + the site's)
     #: located, like problems (``file:line path: message``): worth telling, not refused
     warnings: list[str] = field(default_factory=list)
+    web: Web | None = None
 
     def meter(self, meter_id: str) -> Meter:
         for m in self.meters:
@@ -217,6 +234,7 @@ def _build(root: Node, path: Path, sink: Sink, check_files: bool = True) -> Conf
     gateway = _gateway(_section(top, "gateway", root))
     storage = _storage(_section(top, "storage", root), here, check_files)
     mqtt = _mqtt(top.raw("mqtt"), sink, gateway.id, here, check_files)
+    web = _web(top.raw("web"), sink, here, check_files)
     clock = _clock(_section(top, "clock", root))
     consumption = _consumption(_section(top, "consumption", root))
     categories = _categories(top.raw("categories"), sink)
@@ -227,7 +245,9 @@ def _build(root: Node, path: Path, sink: Sink, check_files: bool = True) -> Conf
         sink.add(root.line, "meters", "is required: a list of the meters to read")
     _across(meters, buses, sink)
     warnings = [str(w) for w in sorted(sink.warnings, key=lambda p: (p.line, p.path))]
-    return Config(str(path), gateway, storage, mqtt, buses, tuple(meters), clock, consumption, categories, warnings)
+    return Config(
+        str(path), gateway, storage, mqtt, buses, tuple(meters), clock, consumption, categories, warnings, web=web
+    )
 
 
 class _Fields(Fields):
@@ -439,6 +459,65 @@ def _mqtt_files(
     if check_files and files["password_file"]:
         _private(f, "password_file", files["password_file"])
     return files["password_file"], files["ca_file"], files["cert_file"], files["key_file"]
+
+
+def _web(node: Node | None, sink: Sink, base: Path, check_files: bool) -> Web | None:
+    """``web: {listen: 127.0.0.1:8080}``. Beyond loopback the page needs a password: it shows the site."""
+    if node is None:
+        return None
+    f = _Fields(node, "web", sink)
+    if not f.ok:
+        return None
+    listen: str = f.text("listen", "", required=True)
+    host, port = _listen(f, listen)
+    username: str = f.text("username", WEB_USER)
+    if not username or ":" in username:
+        f.problem("username", f'"{username}" must be a name without ":" (HTTP basic auth), e.g. {WEB_USER}')
+        username = WEB_USER
+    password_file = _file(f, "password_file", base, check_files)
+    if password_file == "":
+        f.problem("password_file", "is empty; name a file or leave the key out")
+        password_file = None
+    elif password_file and check_files and not _file_problem(password_file):
+        if os.path.getsize(password_file) == 0:
+            f.problem("password_file", f"{password_file} is empty: write the page's password into it")
+        _private(f, "password_file", password_file)
+    if port and not password_file and not f.has("password_file") and not _loopback(host):
+        f.problem(
+            "listen",
+            f"{listen} is reachable from other machines: set web.password_file (HTTP basic auth, user "
+            f'"{username}"), or listen on 127.0.0.1 and open the page through an ssh tunnel',
+        )
+    f.done()
+    if not port:
+        return None
+    return Web(listen, host, port, username, password_file, node.line)
+
+
+def _listen(f: _Fields, listen: str) -> tuple[str, int]:
+    """host and port from ``127.0.0.1:8080``, ``[::1]:8080``, ``0.0.0.0:8080`` or ``:8080`` (every address);
+    port 0 when it is not one."""
+    if not listen:
+        return "", 0
+    host, sep, port_text = listen.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        sep = ""  # an IPv6 address needs brackets: [::1]:8080
+    if not sep or not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        f.problem("listen", f'"{listen}" must be host:port with a port 1..65535, e.g. 127.0.0.1:8080 or [::1]:8080')
+        return "", 0
+    return host, int(port_text)
+
+
+def _loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 and localhost: only this machine reaches them."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name other than localhost may resolve to anything
 
 
 def _resolve(written: str, base: Path) -> str:

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from collector.config import Config, Meter, load_config
 from collector.daemon import clock, payloads, systemd
@@ -36,6 +36,9 @@ from collector.daemon.supervisor import Supervisor
 from collector.daemon.writer import Writer
 from drivers.model import Model
 from drivers.source import ProblemsError
+
+if TYPE_CHECKING:
+    from collector.daemon.web import WebFace
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +79,7 @@ class Daemon:
         self.poller = Poller(list(config.meters), self._enqueue, on_missed=self._missed)
         self.control = Control(self, request_reload)
         self.control_socket = ControlSocket(self.control, socket_path(config.storage.path))
+        self.web: WebFace | None = None  #: the status page and /metrics, when the config has web:
 
     @classmethod
     async def open(cls, config: Config, request_reload: Callable[[], None] | None = None) -> Daemon:
@@ -96,6 +100,11 @@ class Daemon:
         assert cfg.mqtt is not None
         sup = self.supervisor
         await self.control_socket.start()  # first: refuses to start beside another daemon on this buffer
+        if cfg.web is not None:
+            from collector.daemon.web import WebFace  # aiohttp and prometheus_client only when asked for
+
+            self.web = WebFace(self, cfg.web)
+            await self.web.start()
         await self.publisher.start(sup)
         sup.start("writer", self.writer.run)
         sup.start("retention", self._retention)
@@ -276,6 +285,8 @@ class Daemon:
         await self.publisher.drain(DRAIN_ON_STOP)
         await self.supervisor.stop()
         await self.publisher.stop()
+        if self.web is not None:
+            await self.web.stop()
         await self.control_socket.stop()
         await self.buffer.close()
 
