@@ -39,6 +39,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from collector.config import Mqtt
 from collector.daemon import payloads
@@ -96,6 +97,18 @@ class PublisherStats:
     rejected: int = 0
     connects: int = 0
     disconnects: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    """A message from a subscription, without paho's types. The MQTT 5 properties are None when the
+    sender set none (and always under 3.1.1)."""
+
+    topic: str
+    payload: bytes
+    retained: bool  #: a retained message the broker handed over on subscribing, not one just sent
+    response_topic: str | None = None
+    correlation_data: bytes | None = None
 
 
 class _SocketWatch:
@@ -183,6 +196,11 @@ class MqttSession:
         self._auth_failed = False  #: the last failure was the broker refusing us: back off longer
         self._connected_event = asyncio.Event()
         self._session_over = asyncio.Event()
+        #: topic filter -> what gets its messages; subscribed (QoS 1) on every connect, since a clean
+        #: start loses the subscriptions of the session before
+        self.subscriptions: dict[str, Callable[[Incoming], None]] = {}
+        self._subscribing: dict[int, str] = {}  #: SUBSCRIBE message id -> topic filter, until its SUBACK
+        self._refused_subscriptions: set[str] = set()  #: "filter: reason" already logged
 
     def attach(self) -> None:
         """Make the client, its socket watched by the running event loop."""
@@ -212,6 +230,8 @@ class MqttSession:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
+        client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
         return client
 
     # -- paho's callbacks -----------------------------------------------------------------------
@@ -224,6 +244,45 @@ class MqttSession:
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, rc: Any, props: Any) -> None:
         self.events.on_ack(mid, bool(rc.is_failure), str(rc))
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        props = msg.properties
+        try:
+            incoming = Incoming(
+                msg.topic,
+                bytes(msg.payload),
+                bool(msg.retain),
+                getattr(props, "ResponseTopic", None),
+                getattr(props, "CorrelationData", None),
+            )
+        except UnicodeDecodeError:
+            return  # a topic that is not UTF-8: no filter of ours matches it
+        for topic_filter, handler in self.subscriptions.items():
+            if mqtt.topic_matches_sub(topic_filter, incoming.topic):
+                try:
+                    handler(incoming)
+                except Exception:  # a bug in the handler must not break paho's read of the socket
+                    log.exception("handling an MQTT message on %s failed", incoming.topic)
+                return
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, rcs: list[Any], props: Any) -> None:
+        topic_filter = self._subscribing.pop(mid, "?")
+        for rc in rcs:
+            refused = f"{topic_filter}: {rc}"
+            if rc.is_failure and refused not in self._refused_subscriptions:
+                self._refused_subscriptions.add(refused)
+                log.warning("MQTT: the broker refused the subscription to %s (an ACL?)", refused)
+
+    def _subscribe(self) -> None:
+        """Subscribe to every filter at QoS 1; under MQTT 5 with No Local (never our own messages)."""
+        assert self._client is not None
+        for topic_filter in self.subscriptions:
+            if self.cfg.protocol == "5":
+                _, mid = self._client.subscribe(topic_filter, options=SubscribeOptions(qos=1, noLocal=True))
+            else:
+                _, mid = self._client.subscribe(topic_filter, qos=1)
+            if mid is not None:
+                self._subscribing[mid] = topic_filter
 
     def _connected_cb(self, failed: bool, reason: str) -> None:
         self._connack = True
@@ -238,6 +297,7 @@ class MqttSession:
         log.info("MQTT connected to %s:%d%s", self.cfg.host, self.cfg.port, " (TLS)" if self.cfg.tls else "")
         assert self._client is not None
         self._client.publish(self.status_topic, payloads.status("online"), qos=1, retain=True)
+        self._subscribe()
         self.events.on_connected()
         self._connected_event.set()
 
@@ -284,11 +344,31 @@ class MqttSession:
         assert self._client is not None
         return self._client.publish(topic, payload, qos=1).mid
 
-    def publish_direct(self, topic: str, payload: bytes, *, qos: int = 0, retain: bool = False) -> bool:
-        """A message that does not pass through the buffer (status, meta, health); only when connected."""
+    def publish_direct(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        qos: int = 0,
+        retain: bool = False,
+        correlation_data: bytes | None = None,
+        content_type: str | None = None,
+    ) -> bool:
+        """A message that does not pass through the buffer (status, meta, health, answers); only when
+        connected. ``correlation_data`` and ``content_type`` are MQTT 5 properties (left out under
+        3.1.1); a ``content_type`` also marks the payload as UTF-8 (Payload Format Indicator 1)."""
         if not self.connected or self._client is None:
             return False
-        return self._client.publish(topic, payload, qos=qos, retain=retain).rc == MQTTErrorCode.MQTT_ERR_SUCCESS
+        props = None
+        if self.cfg.protocol == "5" and (correlation_data is not None or content_type is not None):
+            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            if correlation_data is not None:
+                props.CorrelationData = correlation_data
+            if content_type is not None:
+                props.ContentType = content_type
+                props.PayloadFormatIndicator = 1
+        info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=props)
+        return info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS
 
     # -- connecting -----------------------------------------------------------------------------
 
@@ -466,9 +546,25 @@ class Publisher:
         """Rows just committed by the writer."""
         self.delivery.offer(rows)
 
-    def publish_direct(self, topic: str, payload: bytes, *, qos: int = 0, retain: bool = False) -> bool:
-        """A message that does not pass through the buffer (status, meta, health); only when connected."""
-        return self.session.publish_direct(topic, payload, qos=qos, retain=retain)
+    def publish_direct(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        qos: int = 0,
+        retain: bool = False,
+        correlation_data: bytes | None = None,
+        content_type: str | None = None,
+    ) -> bool:
+        """A message that does not pass through the buffer (status, meta, health, answers); only when connected."""
+        return self.session.publish_direct(
+            topic, payload, qos=qos, retain=retain, correlation_data=correlation_data, content_type=content_type
+        )
+
+    def subscribe(self, topic_filter: str, handler: Callable[[Incoming], None]) -> None:
+        """Have ``handler`` called (in the event loop, from paho's read of the socket: it must not
+        block) with every message on ``topic_filter``, subscribed at QoS 1 on every connect."""
+        self.session.subscriptions[topic_filter] = handler
 
     async def start(self, supervisor: Supervisor | None = None) -> None:
         """Make the client and run the loops: under the daemon's supervisor, or as plain tasks."""

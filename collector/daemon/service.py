@@ -31,6 +31,7 @@ from collector.daemon.counters import Ledger
 from collector.daemon.health import Health
 from collector.daemon.publisher import Publisher
 from collector.daemon.records import Event
+from collector.daemon.remote import RemoteCommands
 from collector.daemon.scheduler import Poller
 from collector.daemon.supervisor import Supervisor
 from collector.daemon.writer import Writer
@@ -80,6 +81,9 @@ class Daemon:
         self.control = Control(self, request_reload)
         self.control_socket = ControlSocket(self.control, socket_path(config.storage.path))
         self.web: WebFace | None = None  #: the status page and /metrics, when the config has web:
+        self.remote = RemoteCommands(
+            self.control, self.publisher, self.topics, mqtt.protocol, [m.id for m in config.meters]
+        )
 
     @classmethod
     async def open(cls, config: Config, request_reload: Callable[[], None] | None = None) -> Daemon:
@@ -105,6 +109,7 @@ class Daemon:
 
             self.web = WebFace(self, cfg.web)
             await self.web.start()
+        self.remote.start()  # before the session: it subscribes to cmd/+ on every connect
         await self.publisher.start(sup)
         sup.start("writer", self.writer.run)
         sup.start("retention", self._retention)
@@ -249,6 +254,7 @@ class Daemon:
         body["buffer"]["not_stored"] = self.writer.not_stored
         if self.writer.failing_since is not None:
             body["buffer"]["write_error"] = self.writer.last_error
+        body["commands"] = asdict(self.remote.stats)
         tasks = self.supervisor.payload()
         if tasks:
             body["tasks"] = tasks
@@ -275,6 +281,7 @@ class Daemon:
     async def stop(self) -> None:
         """Also after a start that failed half-way: whatever was started stops, the buffer closes."""
         self.poller.stop()
+        await self.remote.stop()  # commands still running (a read waiting for its bus) end unanswered
         # Let running polls finish (bounded), then stop the workers.
         deadline = time.monotonic() + STOP_POLLS
         while any(w.started_at is not None for w in self.workers.values()) and time.monotonic() < deadline:
