@@ -50,6 +50,7 @@ def main() -> None:
     ap.add_argument("--meters", type=int, default=200)
     ap.add_argument("--interval", default="1s")
     ap.add_argument("--seconds", type=float, default=30)
+    ap.add_argument("--profile", metavar="FILE", help="py-spy the daemon during the window (a flame graph SVG)")
     args = ap.parse_args()
     per_bus = 50
     buses = (args.meters + per_bus - 1) // per_bus
@@ -121,6 +122,13 @@ def main() -> None:
         )
         try:
             time.sleep(max(5.0, min(65.0, args.seconds / 3)))  # warm up: connect, first slots
+            spy = None
+            if args.profile:  # py-spy samples from outside: the daemon's CPU is its own, a little more
+                spy = subprocess.Popen(
+                    ["py-spy", "record", "-p", str(daemon.pid), "-o", args.profile, "-d", str(int(args.seconds)), *(["--format", "raw"] if not args.profile.endswith(".svg") else [])],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
             c0, v0, r0, t0 = cpu_seconds(daemon.pid), values, readings, time.monotonic()
             peak = 0.0
             while time.monotonic() - t0 < args.seconds:
@@ -128,6 +136,8 @@ def main() -> None:
                 peak = max(peak, rss_mb(daemon.pid))
             c1, v1, r1, t1 = cpu_seconds(daemon.pid), values, readings, time.monotonic()
             idle_rss = rss_mb(idle.pid)
+            if spy is not None:
+                spy.wait(60)
         finally:
             daemon.terminate()
             daemon.wait(30)

@@ -23,7 +23,7 @@ The state lives in the buffer's SQLite file, written in the same transaction as 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from collector.config import Meter
@@ -55,6 +55,9 @@ class PointState:
     b_t: float | None = None  #: last valued boundary
     b_p: float = 0.0
     b_q: str = MEASURED
+
+
+_STATE_FIELDS = tuple(f.name for f in fields(PointState))
 
 
 def modulus(meter: Meter, point: Point) -> float | None:
@@ -101,7 +104,11 @@ class Ledger:
 
     @staticmethod
     def dump(state: PointState) -> dict[str, Any]:
-        return asdict(state)
+        """The state as stored (JSON). By hand, not dataclasses.asdict: the writer dumps every counter
+        of every batch, and asdict's recursion was a fifth of the daemon's CPU at 1 s polling."""
+        out = {f: getattr(state, f) for f in _STATE_FIELDS}
+        out["resets"] = [list(r) for r in state.resets]
+        return out
 
     def process(self, meter: Meter, reading: Reading) -> Outcome:
         """Check the counters of a reading in place (values, errors, quality) and derive intervals."""

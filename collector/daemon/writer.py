@@ -18,7 +18,7 @@ from collector.config import Config
 from collector.daemon import clock
 from collector.daemon.buffer import AsyncBuffer
 from collector.daemon.calibration import Reading
-from collector.daemon.counters import Ledger
+from collector.daemon.counters import Ledger, PointState
 from collector.daemon.records import Event, Interval, Record, Row
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,8 @@ class Writer:
         self.path = config.storage.path
         self.ledger = ledger
         self.queue_max = queue_max
-        self._dirty: dict[tuple[str, str], dict[str, Any]] = {}
+        #: counter states changed since the last stored batch, dumped only when that batch is stored
+        self._dirty: dict[tuple[str, str], PointState] = {}
         self.queue: collections.deque[Item] = collections.deque()
         self._wake = asyncio.Event()
         self.stored = 0
@@ -117,7 +118,7 @@ class Writer:
                 "continuity kept" if cause != "rollover" else "modulus added",
             )
             self._put(e)
-        self._dirty.update({k: Ledger.dump(st) for k, st in outcome.state.items()})
+        self._dirty.update(outcome.state)
 
     def event(self, e: Event) -> None:
         self._put(e)
@@ -151,7 +152,8 @@ class Writer:
         records = [i for i in items if isinstance(i, Record)]
         intervals = [i for i in items if isinstance(i, Interval)]
         events = [i for i in items if isinstance(i, Event)]
-        dirty, self._dirty = (self._dirty, {}) if last else ({}, self._dirty)
+        refs, self._dirty = (self._dirty, {}) if last else ({}, self._dirty)
+        dirty = {k: Ledger.dump(st) for k, st in refs.items()}  # now: the states of exactly these readings
         try:
             rows = await self.buffer.append(records, events, intervals, dirty)
         except BaseException:
@@ -159,7 +161,7 @@ class Writer:
             self.queue.extendleft(reversed(items))
             while len(self.queue) > self.queue_max:
                 self._drop(self.queue.popleft())
-            self._dirty = {**dirty, **self._dirty}
+            self._dirty = {**refs, **self._dirty}
             raise
         finally:
             self._storing = 0
