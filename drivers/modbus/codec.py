@@ -46,10 +46,15 @@ _STRUCT = {
 }
 
 
+_WORDS = [struct.Struct(f">{n}H") for n in range(5)]  #: 0..4 registers, precompiled (decode is per value)
+_VALUES = {t: struct.Struct(">" + f) for t, f in _STRUCT.items()}
+
+
 def arrange(words: Sequence[int], word_order: str, byte_order: str) -> bytes:
     """The value's bytes, most significant first, from registers as they came off the wire."""
-    ordered = list(words) if word_order == "big" else list(reversed(words))
-    raw = struct.pack(f">{len(ordered)}H", *ordered)
+    n = len(words)
+    pack = _WORDS[n].pack if n < len(_WORDS) else struct.Struct(f">{n}H").pack
+    raw = pack(*words) if word_order == "big" else pack(*reversed(words))
     if byte_order == "little":
         swapped = bytearray(raw)
         swapped[0::2], swapped[1::2] = raw[1::2], raw[0::2]
@@ -81,7 +86,7 @@ def decode(point: Point, words: Sequence[int]) -> int | float:
         raise Absent(f"not available (meter sent 0x{data.hex().upper()})")
     if point.type in (DataType.BCD16, DataType.BCD32):
         return _bcd(data)
-    value: int | float = struct.unpack(">" + _STRUCT[point.type], data)[0]
+    value: int | float = _VALUES[point.type].unpack(data)[0]
     if isinstance(value, float) and not math.isfinite(value):
         raise Unavailable(f"not a number (meter sent {value})")  # a fault, unless the model declares it
     return value
