@@ -125,7 +125,17 @@ def main() -> None:
             spy = None
             if args.profile:  # py-spy samples from outside: the daemon's CPU is its own, a little more
                 spy = subprocess.Popen(
-                    ["py-spy", "record", "-p", str(daemon.pid), "-o", args.profile, "-d", str(int(args.seconds)), *(["--format", "raw"] if not args.profile.endswith(".svg") else [])],
+                    [
+                        "py-spy",
+                        "record",
+                        "-p",
+                        str(daemon.pid),
+                        "-o",
+                        args.profile,
+                        "-d",
+                        str(int(args.seconds)),
+                        *(["--format", "raw"] if not args.profile.endswith(".svg") else []),
+                    ],
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
                 )
