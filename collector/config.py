@@ -26,6 +26,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from collector.categories import NATIONAL
+from collector.uplink.functions import DEFAULT_FUNCTION_IDS
+from collector.uplink.variant import Variant, VariantError, parse_variant
 from drivers import registry
 from drivers.model import Model
 from drivers.quantities import Nature
@@ -99,6 +101,27 @@ class Mqtt:
     health_interval: float = 60.0
 
 
+AES_KEY_BYTES = 16  #: AES-128 (docs/datacenter.md, "Crypto")
+
+
+@dataclass(frozen=True, slots=True)
+class Datacenter:
+    """The national data-centre uplink (docs/datacenter.md). The keys themselves are read when the
+    daemon starts (and on reload), never kept here."""
+
+    url: str
+    host: str
+    port: int
+    building_id: str
+    gateway_id: str
+    key_file: str  #: the shared key: the MD5 login key, and the AES key unless aes_key_file is set
+    aes_key_file: str | None = None
+    period: float = 900.0  #: seconds between reports
+    heartbeat: float = 60.0
+    variant: Variant = field(default_factory=Variant)
+    line: int = 0
+
+
 @dataclass(frozen=True, slots=True)
 class Bus:
     name: str
@@ -164,6 +187,8 @@ class Meter:
     line: int = 0
     where: str = ""  #: path in the config, e.g. meters[3]
     address_line: int = 0
+    datacenter_id: str | None = None  #: its ``<meter id>`` for the data centre; default its position (1, 2 ...)
+    function_ids: dict[str, str] = field(default_factory=dict)  #: point -> ``<function id>``, over the defaults
 
 
 WEB_USER = "admin"  #: the status page's HTTP basic auth user name when web.username is not set
@@ -201,6 +226,7 @@ class Config:
     #: located, like problems (``file:line path: message``): worth telling, not refused
     warnings: list[str] = field(default_factory=list)
     web: Web | None = None
+    datacenter: Datacenter | None = None
 
     def meter(self, meter_id: str) -> Meter:
         for m in self.meters:
@@ -234,6 +260,7 @@ def _build(root: Node, path: Path, sink: Sink, check_files: bool = True) -> Conf
     gateway = _gateway(_section(top, "gateway", root))
     storage = _storage(_section(top, "storage", root), here, check_files)
     mqtt = _mqtt(top.raw("mqtt"), sink, gateway.id, here, check_files)
+    datacenter = _datacenter(top.raw("datacenter"), sink, here, check_files)
     web = _web(top.raw("web"), sink, here, check_files)
     clock = _clock(_section(top, "clock", root))
     consumption = _consumption(_section(top, "consumption", root))
@@ -244,9 +271,22 @@ def _build(root: Node, path: Path, sink: Sink, check_files: bool = True) -> Conf
     if not meters and top.has("meters") is False:
         sink.add(root.line, "meters", "is required: a list of the meters to read")
     _across(meters, buses, sink)
+    if datacenter is not None:
+        _across_datacenter(datacenter, meters, sink)
     warnings = [str(w) for w in sorted(sink.warnings, key=lambda p: (p.line, p.path))]
     return Config(
-        str(path), gateway, storage, mqtt, buses, tuple(meters), clock, consumption, categories, warnings, web=web
+        str(path),
+        gateway,
+        storage,
+        mqtt,
+        buses,
+        tuple(meters),
+        clock,
+        consumption,
+        categories,
+        warnings,
+        web=web,
+        datacenter=datacenter,
     )
 
 
@@ -459,6 +499,98 @@ def _mqtt_files(
     if check_files and files["password_file"]:
         _private(f, "password_file", files["password_file"])
     return files["password_file"], files["ca_file"], files["cert_file"], files["key_file"]
+
+
+def _datacenter(node: Node | None, sink: Sink, base: Path, check_files: bool) -> Datacenter | None:
+    """``datacenter:``, the national uplink (docs/datacenter.md). With ``check_files`` the key files
+    are read to check their length; what they hold is never reported."""
+    if node is None:
+        return None
+    f = _Fields(node, "datacenter", sink)
+    if not f.ok:
+        return None
+    url, host, port = _datacenter_url(f)
+    building_id, gateway_id = _platform_id(f, "building_id"), _platform_id(f, "gateway_id")
+    key_file = _file(f, "key_file", base, check_files)
+    if key_file is None and not f.has("key_file"):
+        sink.add(node.line, "datacenter.key_file", "is required: the file holding the key the platform assigned")
+    aes_key_file = _file(f, "aes_key_file", base, check_files)
+    if check_files:
+        if key_file and not _file_problem(key_file):
+            _key_length(f, "key_file", key_file, AES_KEY_BYTES if aes_key_file is None else None)
+        if aes_key_file and not _file_problem(aes_key_file):
+            _key_length(f, "aes_key_file", aes_key_file, AES_KEY_BYTES)
+    period: float = f.duration("period", 900.0, low=1.0, high=3600.0)
+    if f.has("period") and DAY % period != 0:
+        f.problem("period", "must divide a day evenly (e.g. 5m, 15m, 1h) so periods align with the clock")
+        period = 900.0
+    elif f.has("period") and period < 180:
+        f.warn("period", "is shorter than the 3 min the guideline allows (fine for a test data centre)")
+    heartbeat: float = f.duration("heartbeat", 60.0, low=1.0, high=3600.0)
+    variant = _variant(f)
+    f.done()
+    if not host or key_file is None:
+        return None
+    return Datacenter(
+        url, host, port, building_id, gateway_id, key_file, aes_key_file, period, heartbeat, variant, node.line
+    )
+
+
+def _datacenter_url(f: _Fields) -> tuple[str, str, int]:
+    """url, host, port from ``tcp://host:port`` (the platform names the port: there is no standard one)."""
+    url: str = f.text("url", "", required=True)
+    if not url:
+        return url, "", 0
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if parts.scheme != "tcp" or not parts.hostname or not port or parts.path not in ("", "/"):
+        f.problem("url", f'"{url}" must be tcp://host:port, e.g. tcp://dc.example.gov.cn:7201')
+        return url, "", 0
+    return url, parts.hostname, port
+
+
+def _platform_id(f: _Fields, key: str) -> str:
+    """building_id, gateway_id: assigned by the platform; quoted, so leading zeros stay."""
+    value: str = f.text(key, "", required=True)
+    if value and not re.fullmatch(r"[0-9A-Za-z_-]{1,32}", value):
+        f.problem(key, f'"{_printable(value)}" must be 1..32 letters, digits, _ or - (as the platform assigned it)')
+    return value
+
+
+def _key_length(f: _Fields, key: str, path: str, length: int | None) -> None:
+    """A key file's length (a final newline does not count); its bytes never reach a message."""
+    try:
+        with open(path, "rb") as fh:
+            size = len(fh.read(4096).rstrip(b"\r\n"))
+    except OSError as exc:
+        f.problem(key, f"{path} cannot be read ({exc.strerror})")
+        return
+    if size == 0:
+        f.problem(key, f"{path} is empty: write the key the platform assigned into it")
+    elif length is not None and size != length:
+        other = " (or set aes_key_file when the AES key differs from the login key)" if key == "key_file" else ""
+        f.problem(key, f"{path} holds {size} bytes; the AES-128 key must be {length}{other}")
+    _private(f, key, path)
+
+
+def _variant(f: _Fields) -> Variant:
+    """``variant: {option: value}`` (collector/uplink/variant.py), each bad option on its own line."""
+    node = f.raw("variant")
+    if node is None or node.value is None:
+        return Variant()
+    try:
+        return parse_variant(node.plain())
+    except VariantError as exc:
+        lines = node.value if isinstance(node.value, dict) else {}
+        for issue in exc.issues:
+            at = lines[issue.key].line if issue.key in lines else node.line
+            key_line = node.key_lines.get(issue.key, at)
+            path = "datacenter.variant" if issue.key == "variant" else f"datacenter.variant.{issue.key}"
+            f.sink.add(key_line, path, issue.message)
+        return Variant()
 
 
 def _web(node: Node | None, sink: Sink, base: Path, check_files: bool) -> Web | None:
@@ -776,6 +908,8 @@ def _meter(
     interval = _interval(f)
     category = _category(f, categories)
     points, calibration, replacements = _points(f, model), _calibration(f, model), _replacements(f, model)
+    datacenter_id = _meter_datacenter_id(f)
+    function_ids = _function_ids(f, model)
     f.done()
     if model is None or not mid or not bus:
         return None
@@ -793,7 +927,40 @@ def _meter(
         line=node.line,
         where=where,
         address_line=f.line("address"),
+        datacenter_id=datacenter_id,
+        function_ids=function_ids,
     )
+
+
+def _meter_datacenter_id(f: _Fields) -> str | None:
+    """The meter's number for the data centre (``<meter id>``), when not its position in the list."""
+    value = f.get("datacenter_id", (str, int), None)
+    if value is None:
+        return None
+    text = str(value)
+    if not re.fullmatch(r"[0-9A-Za-z_-]{1,20}", text):
+        f.problem("datacenter_id", f'"{_printable(text)}" must be 1..20 letters, digits, _ or -')
+        return None
+    return text
+
+
+def _function_ids(f: _Fields, model: Model | None) -> dict[str, str]:
+    """``function_ids: {point: id}``: the data centre's function ids, over the defaults
+    (collector/uplink/functions.py)."""
+    node = f.raw("function_ids")
+    if node is None or node.value is None:
+        return {}
+    p = Fields(node, f.sub("function_ids"), f.sink, f.label)
+    out: dict[str, str] = {}
+    for name in list(p.data):
+        value = p.get(name, (str, int), None)
+        if model is not None and not model.has(name):
+            p.problem(name, f'"{name}" is not a point of {model.name}{suggest(name, [x.name for x in model.points])}')
+        elif value is not None and not re.fullmatch(r"[0-9A-Za-z_-]{1,20}", str(value)):
+            p.problem(name, f'"{_printable(str(value))}" must be 1..20 letters, digits, _ or -')
+        elif value is not None:
+            out[name] = str(value)
+    return out
 
 
 def _meter_bus(f: _Fields, buses: dict[str, Bus]) -> tuple[str, str | None]:
@@ -981,6 +1148,48 @@ def _at(r: Fields) -> float | None:
     except ValueError:
         r.problem("at", f'"{text}" is not a time like 2026-11-03T10:00:00+08:00')
     return None
+
+
+def _across_datacenter(dc: Datacenter, meters: list[Meter], sink: Sink) -> None:
+    """Each reported meter (one with a category, sent as ``coding``) has a data-centre number of its
+    own, function ids that differ, and a reading in every period."""
+    numbers: dict[str, Meter] = {}
+    for n, m in enumerate(meters, start=1):
+        if m.category is None:
+            sink.warn(
+                m.line,
+                f"{m.where}.category",
+                "is not set: the meter is not reported to the data centre (its category is sent as coding)",
+                m.id,
+            )
+            continue
+        number = m.datacenter_id or str(n)
+        if number in numbers:
+            first = numbers[number]
+            sink.add(
+                m.line,
+                f"{m.where}.datacenter_id",
+                f'meters "{first.id}" and "{m.id}" both have data-centre number {number}',
+                m.id,
+            )
+        numbers.setdefault(number, m)
+        ids = functions_of(m)
+        if len(set(ids.values())) != len(ids):
+            sink.add(m.line, f"{m.where}.function_ids", "gives two points one function id", m.id)
+        if dc.period % m.interval != 0:
+            sink.warn(
+                m.line,
+                f"{m.where}.interval",
+                f"does not divide datacenter.period ({dc.period:g} s): some periods get no reading of this meter",
+                m.id,
+            )
+
+
+def functions_of(meter: Meter) -> dict[str, str]:
+    """The meter's published points that go to the data centre -> their function ids: the default
+    table of the meter's kind (collector/uplink/functions.py), then the meter's own function_ids."""
+    table = {**DEFAULT_FUNCTION_IDS.get(meter.model.kind, {}), **meter.function_ids}
+    return {p: table[p] for p in meter.points if p in table}
 
 
 def _across(meters: list[Meter], buses: dict[str, Bus], sink: Sink) -> None:

@@ -40,7 +40,21 @@ def cmd_check(args: argparse.Namespace) -> int:
     for w in config.warnings:
         print(f"warning: {w}", file=sys.stderr)
     print(f"{config.path}: valid, {len(config.buses)} bus(es), {len(config.meters)} meter(s)")
+    if config.datacenter is not None:
+        _datacenter_map(config)
     return EXIT_OK
+
+
+def _datacenter_map(config: Config) -> None:
+    """What the platform engineer configures on the data centre's side (docs/datacenter.md)."""
+    from collector.config import functions_of
+
+    dc = config.datacenter
+    assert dc is not None
+    print(f"data centre {dc.url}: building {dc.building_id}, gateway {dc.gateway_id}, every {dc.period:g} s")
+    for n, m in enumerate(config.meters, start=1):
+        ids = ", ".join(f"{fid} {point}" for point, fid in functions_of(m).items()) or "no function ids"
+        print(f"  meter {m.datacenter_id or n} = {m.id} (coding {m.category}): {ids}")
 
 
 def cmd_read(args: argparse.Namespace) -> int:

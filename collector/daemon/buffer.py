@@ -7,9 +7,12 @@
 * Readings are stored compactly: the point names of a meter live once in ``layouts``; a row holds
   its values as little-endian float64s in that order (8 bytes a value, plus a small row header);
   the slot is stored as its distance from ``ts`` in seconds (usually 0: no bytes at all).
-* Rows leave only when the broker acknowledged them (``delete``) or by the retention limits
-  (``enforce_retention``), which count what they drop and report it as an event in the same
-  transaction.
+* Each row carries a ``pending`` bit mask of the northbounds that still need it (MQTT, the data
+  centre: docs/datacenter.md, "The outbox"), set from the configured northbounds and the row's kind
+  (readings go to every northbound, interval consumption and events to MQTT only; a row no
+  northbound takes is not stored). A northbound's acknowledgement clears its bit (``done``); a row
+  leaves when its mask is 0, or by the retention limits (``enforce_retention``), which count what
+  they drop and report it as an event in the same transaction.
 * ``auto_vacuum=INCREMENTAL`` so the file shrinks again after a long outage.
 
 Not thread-safe by design: the daemon calls it from one dedicated thread (``AsyncBuffer``).
@@ -39,7 +42,12 @@ from collector.daemon.records import KIND_EVENT, KIND_INTERVAL, KIND_READING, QU
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
+#: the northbounds' bits in a row's ``pending`` mask (schema 4)
+MQTT, DATACENTER = 1, 2
+NORTHBOUNDS = {MQTT: "mqtt", DATACENTER: "datacenter"}
+_COLUMNS = "seq, kind, meter, slot, ts, quality, layout, data, extra"
+_SLOT = "(ts / 1000 - slot)"  #: a reading's slot (unix seconds) in SQL: ``slot`` holds its distance from ts
 #: the quality column of an event that retention never drops (the drop reports themselves)
 EVENT_KEPT = 1
 
@@ -122,10 +130,13 @@ class Buffer:
         max_age: float = 30 * 86400,
         max_size: int = 2 * 1000**3,
         recover: bool = False,
+        northbounds: int = MQTT,
     ) -> None:
         """``recover`` (the daemon): a corrupt file is moved aside and a new one started, its seq
-        continuing above every seq the old one may have used; otherwise CorruptBuffer is raised."""
+        continuing above every seq the old one may have used; otherwise CorruptBuffer is raised.
+        ``northbounds``: the bits of the configured northbounds, which new rows wait for."""
         self.path = str(path)
+        self.northbounds = northbounds
         self.max_age = max_age
         self.max_size = max_size
         self._seq_file = Path(self.path + ".seq") if self.path != ":memory:" else None
@@ -283,6 +294,14 @@ class Buffer:
                     """AND json_extract(extra, '$.event') = 'data_dropped'"""
                 )
                 self.conn.execute("UPDATE state SET value = 3 WHERE key = 'schema_version'")
+        if version < 4:
+            with self._tx():
+                # A delivery position per northbound (schema 4): what was stored before went to MQTT only.
+                self.conn.execute(f"ALTER TABLE outbox ADD COLUMN pending INTEGER NOT NULL DEFAULT {MQTT}")
+                self.conn.execute(f"CREATE INDEX outbox_datacenter ON outbox(seq) WHERE pending & {DATACENTER}")
+                # Periods handed to the data centre at least once: sent again, they go as continuous.
+                self.conn.execute("CREATE TABLE datacenter_sent (period INTEGER PRIMARY KEY)")
+                self.conn.execute("UPDATE state SET value = 4 WHERE key = 'schema_version'")
 
     def _state(self, key: str, default: int) -> int:
         row = self.conn.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
@@ -344,6 +363,12 @@ class Buffer:
         which retention never drops."""
         if not records and not events and not intervals and not ledger:
             return []
+        # Readings go to every northbound; interval consumption and events are MQTT's alone.
+        readings_to, others_to = self.northbounds, self.northbounds & MQTT
+        if not readings_to:
+            records = []
+        if not others_to:
+            events, intervals = (), ()
         rows: list[Row] = []
         params: list[tuple[Any, ...]] = []
         cache_meters, cache_layouts = dict(self._meters), dict(self._layouts)
@@ -372,6 +397,7 @@ class Buffer:
                             self._layout_id(names),
                             data,
                             json.dumps(extra) if extra else None,
+                            readings_to,
                         )
                     )
                     rows.append(Row(seq, KIND_READING, r.meter, slot, ts, q, r.values, extra or None))
@@ -380,7 +406,18 @@ class Buffer:
                 for iv in intervals:
                     body = iv.body()
                     params.append(
-                        (seq, KIND_INTERVAL, self._meter_id(iv.meter), None, now, 0, None, None, json.dumps(body))
+                        (
+                            seq,
+                            KIND_INTERVAL,
+                            self._meter_id(iv.meter),
+                            None,
+                            now,
+                            0,
+                            None,
+                            None,
+                            json.dumps(body),
+                            others_to,
+                        )
                     )
                     rows.append(Row(seq, KIND_INTERVAL, iv.meter, None, now, 0, None, body))
                     seq += 1
@@ -397,11 +434,12 @@ class Buffer:
                             None,
                             None,
                             json.dumps(e),
+                            others_to,
                         )
                     )
                     rows.append(Row(seq, KIND_EVENT, meter, None, now, EVENT_KEPT if kept else 0, None, e))
                     seq += 1
-                self.conn.executemany("INSERT INTO outbox VALUES (?,?,?,?,?,?,?,?,?)", params)
+                self.conn.executemany(f"INSERT INTO outbox({_COLUMNS}, pending) VALUES (?,?,?,?,?,?,?,?,?,?)", params)
                 self.conn.execute("UPDATE state SET value = ? WHERE key = 'next_seq'", (seq,))
                 if ledger:
                     self.conn.executemany(
@@ -440,10 +478,15 @@ class Buffer:
         """The stored counter state: (meter, point, state)."""
         return [(m, p, json.loads(s)) for m, p, s in self.conn.execute("SELECT meter, point, state FROM ledger")]
 
-    def fetch(self, after: int, limit: int) -> list[Row]:
-        """Up to ``limit`` rows with seq > ``after``, oldest first."""
-        cur = self.conn.execute("SELECT * FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit))
-        return [self._row(r) for r in cur]
+    def fetch(self, after: int, limit: int, northbound: int | None = None) -> list[Row]:
+        """Up to ``limit`` rows with seq > ``after``, oldest first: every row, or those ``northbound``
+        still needs."""
+        if northbound is None:
+            sql, args = f"SELECT {_COLUMNS} FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
+        else:
+            sql = f"SELECT {_COLUMNS} FROM outbox WHERE seq > ? AND pending & {int(northbound)} ORDER BY seq LIMIT ?"
+            args = (after, limit)
+        return [self._row(r) for r in self.conn.execute(sql, args)]
 
     def rows(self) -> Iterator[Row]:
         after = 0
@@ -452,17 +495,129 @@ class Buffer:
             after = batch[-1].seq
 
     def delete(self, seqs: list[int]) -> None:
-        """Rows the broker acknowledged."""
+        """Rows the MQTT broker acknowledged."""
+        self.done(seqs, MQTT)
+
+    def done(self, seqs: list[int], northbound: int) -> None:
+        """``northbound`` has these rows: its bit is cleared, and a row no northbound needs any more
+        is deleted."""
         if seqs:
             with self._tx():
-                self.conn.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in seqs])
+                self.conn.executemany(
+                    "DELETE FROM outbox WHERE seq = ? AND pending & ? = 0", [(s, ~northbound) for s in seqs]
+                )
+                self.conn.executemany(
+                    "UPDATE outbox SET pending = pending & ? WHERE seq = ? AND pending & ?",
+                    [(~northbound, s, northbound) for s in seqs],
+                )
 
-    def depth(self) -> int:
-        return int(self.conn.execute("SELECT count(*) FROM outbox").fetchone()[0])
+    def release(self, northbounds: int) -> int:
+        """Rows waiting for northbounds no longer configured are not waited for any more (the daemon,
+        on start); the number of rows that left the buffer."""
+        if not northbounds:
+            return 0
+        with self._tx():
+            gone = self.conn.execute("DELETE FROM outbox WHERE pending & ? = 0", (~northbounds,)).rowcount
+            self.conn.execute("UPDATE outbox SET pending = pending & ? WHERE pending & ?", (~northbounds, northbounds))
+            if northbounds & DATACENTER:
+                self.conn.execute("DELETE FROM datacenter_sent")
+        return int(gone)
 
-    def oldest_ts_ms(self) -> int | None:
-        row = self.conn.execute("SELECT ts FROM outbox ORDER BY seq LIMIT 1").fetchone()
+    def depth(self, northbound: int | None = None) -> int:
+        """Rows stored: all of them, or those ``northbound`` still needs."""
+        if northbound is None:
+            return int(self.conn.execute("SELECT count(*) FROM outbox").fetchone()[0])
+        # The bit as a literal: SQLite uses the partial index (pending & 2) only for a literal term.
+        return int(self.conn.execute(f"SELECT count(*) FROM outbox WHERE pending & {int(northbound)}").fetchone()[0])
+
+    def oldest_ts_ms(self, northbound: int | None = None) -> int | None:
+        if northbound is None:
+            row = self.conn.execute("SELECT ts FROM outbox ORDER BY seq LIMIT 1").fetchone()
+        else:
+            row = self.conn.execute(
+                f"SELECT ts FROM outbox WHERE pending & {int(northbound)} ORDER BY seq LIMIT 1"
+            ).fetchone()
         return int(row[0]) if row else None
+
+    # -- the data centre's side (collector/daemon/datacenter.py): rows grouped into report periods --
+    # A period is (end - period, end] in unix seconds, end a multiple of period: a reading at slot
+    # 12:15:00 is the 12:15 period's value (the counter at the boundary).
+
+    def datacenter_compact(self, closed_end: int, period: int) -> int:
+        """In every closed period (end <= closed_end) keep, per meter, the one reading the data centre
+        gets (the last with values, else the last) and stop waiting for the others; rows compacted
+        once are not looked at again. Returns how many readings the data centre no longer needs."""
+        mark = self._state("datacenter_compacted", 0)
+        rows = self.conn.execute(
+            f"SELECT seq, meter, {_SLOT}, quality FROM outbox WHERE pending & {DATACENTER} AND seq > ? "
+            f"AND kind = {KIND_READING} ORDER BY seq",
+            (mark,),
+        ).fetchall()
+        best: dict[tuple[int, int], tuple[bool, int, int]] = {}
+        drop: list[int] = []
+        last = mark
+        for seq, meter, slot, quality in rows:
+            end = -(-slot // period) * period
+            if end > closed_end:
+                break
+            last = seq
+            rank = (quality != QUALITIES.index("bad"), slot, seq)
+            key = (meter, end)
+            kept = best.get(key)
+            if kept is None:
+                best[key] = rank
+            elif rank > kept:
+                drop.append(kept[2])
+                best[key] = rank
+            else:
+                drop.append(seq)
+        with self._tx():
+            self.done(drop, DATACENTER)
+            self.conn.execute("INSERT OR REPLACE INTO state VALUES ('datacenter_compacted', ?)", (last,))
+        return len(drop)
+
+    def datacenter_periods(self, closed_end: int, period: int, limit: int) -> list[tuple[int, list[Row], bool]]:
+        """The oldest ``limit`` closed periods with readings the data centre still needs: (end, its rows
+        oldest first, sent before)."""
+        ends = [
+            int(r[0])
+            for r in self.conn.execute(
+                f"SELECT DISTINCT ({_SLOT} + ? - 1) / ? * ? AS e FROM outbox "
+                f"WHERE pending & {DATACENTER} AND kind = {KIND_READING} AND e <= ? ORDER BY e LIMIT ?",
+                (period, period, period, closed_end, limit),
+            )
+        ]
+        if not ends:
+            return []
+        rows = self.conn.execute(
+            f"SELECT {_COLUMNS} FROM outbox WHERE pending & {DATACENTER} AND kind = {KIND_READING} "
+            f"AND {_SLOT} > ? AND {_SLOT} <= ? ORDER BY seq",
+            (ends[0] - period, ends[-1]),
+        ).fetchall()
+        by_end: dict[int, list[Row]] = {e: [] for e in ends}
+        for r in rows:
+            row = self._row(r)
+            assert row.slot is not None
+            end = -(-row.slot // period) * period
+            if end in by_end:
+                by_end[end].append(row)
+        marks = ",".join("?" * len(ends))
+        sent = {
+            int(r[0]) for r in self.conn.execute(f"SELECT period FROM datacenter_sent WHERE period IN ({marks})", ends)
+        }
+        return [(e, by_end[e], e in sent) for e in ends]
+
+    def datacenter_sent(self, ends: list[int]) -> None:
+        """These periods went out once: sent again, they are continuous packets."""
+        if ends:
+            with self._tx():
+                self.conn.executemany("INSERT OR IGNORE INTO datacenter_sent VALUES (?)", [(e,) for e in ends])
+
+    def datacenter_done(self, end: int, seqs: list[int]) -> None:
+        """The data centre acknowledged a period: it no longer needs these rows."""
+        with self._tx():
+            self.done(seqs, DATACENTER)
+            self.conn.execute("DELETE FROM datacenter_sent WHERE period = ?", (end,))
 
     def used_bytes(self) -> int:
         """What counts toward ``max_size``: the pages in use and the WAL file beside them."""
@@ -497,7 +652,7 @@ class Buffer:
         if self.used_bytes() > self.max_size and self._wal_bytes():
             self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         while (excess := self.used_bytes() - self.max_size) > 0:
-            count = self.depth()
+            count = self.depth(None)
             if count == 0:
                 break
             n = max(100, min(count, excess // max(1, self.used_bytes() // count) + 1))
@@ -559,6 +714,14 @@ class Buffer:
             rows = self.append([], [Event("data_dropped", None, event)], kept=True)
             if earlier:
                 self.conn.executemany("DELETE FROM outbox WHERE seq = ?", [(seq,) for seq, _ in earlier])
+        if not rows:
+            # No northbound takes drop reports (no mqtt: the data centre's protocol has none).
+            log.warning(
+                "buffer retention (%s) dropped %d unsent message(s); %d dropped in all (dropped_total)",
+                reason,
+                count,
+                total,
+            )
         return rows
 
     def _vacuum(self) -> None:
@@ -568,12 +731,19 @@ class Buffer:
             self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def stats(self) -> dict[str, Any]:
-        oldest = self.oldest_ts_ms()
+        """``depth`` and ``oldest_unsent_age_s`` are MQTT's figures (as before schema 4), the data
+        centre's beside them; ``rows`` counts every row stored."""
+        oldest = self.oldest_ts_ms(MQTT)
+        dc_oldest = self.oldest_ts_ms(DATACENTER)
         file_bytes = sum(Path(self.path + s).stat().st_size for s in ("", "-wal") if Path(self.path + s).exists())
+        now = time.time()
         return {
             "path": self.path,
-            "depth": self.depth(),
-            "oldest_unsent_age_s": round(time.time() - oldest / 1000, 1) if oldest else None,
+            "depth": self.depth(MQTT),
+            "oldest_unsent_age_s": round(now - oldest / 1000, 1) if oldest else None,
+            "datacenter_depth": self.depth(DATACENTER),
+            "datacenter_oldest_age_s": round(now - dc_oldest / 1000, 1) if dc_oldest else None,
+            "rows": self.depth(None),
             "next_seq": self.next_seq,
             "dropped_total": self._state("dropped_total", 0),
             "used_bytes": self.used_bytes(),
@@ -599,10 +769,10 @@ class AsyncBuffer:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="buffer")
 
     @classmethod
-    async def open(cls, path: str, *, max_age: float, max_size: int) -> AsyncBuffer:
+    async def open(cls, path: str, *, max_age: float, max_size: int, northbounds: int = MQTT) -> AsyncBuffer:
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="buffer")
         buf = await asyncio.get_running_loop().run_in_executor(
-            pool, lambda: Buffer(path, max_age=max_age, max_size=max_size, recover=True)
+            pool, lambda: Buffer(path, max_age=max_age, max_size=max_size, recover=True, northbounds=northbounds)
         )
         self = cls(buf)
         self._pool.shutdown()
@@ -621,18 +791,34 @@ class AsyncBuffer:
     ) -> list[Row]:
         return await self._call(self._buffer.append, records, events, intervals, ledger)
 
-    async def fetch(self, after: int, limit: int) -> list[Row]:
-        return await self._call(self._buffer.fetch, after, limit)
+    async def fetch(self, after: int, limit: int, northbound: int | None = None) -> list[Row]:
+        return await self._call(self._buffer.fetch, after, limit, northbound)
 
     async def delete(self, seqs: list[int]) -> None:
+        """Rows the MQTT broker acknowledged."""
         await self._call(self._buffer.delete, seqs)
+
+    async def release(self, northbounds: int) -> int:
+        return await self._call(self._buffer.release, northbounds)
+
+    async def datacenter_compact(self, closed_end: int, period: int) -> int:
+        return await self._call(self._buffer.datacenter_compact, closed_end, period)
+
+    async def datacenter_periods(self, closed_end: int, period: int, limit: int) -> list[tuple[int, list[Row], bool]]:
+        return await self._call(self._buffer.datacenter_periods, closed_end, period, limit)
+
+    async def datacenter_sent(self, ends: list[int]) -> None:
+        await self._call(self._buffer.datacenter_sent, ends)
+
+    async def datacenter_done(self, end: int, seqs: list[int]) -> None:
+        await self._call(self._buffer.datacenter_done, end, seqs)
 
     async def last_seq(self) -> int:
         """The seq of the newest stored message (0 before the first)."""
         return await self._call(lambda: self._buffer.next_seq - 1)
 
-    async def depth(self) -> int:
-        return await self._call(self._buffer.depth)
+    async def depth(self, northbound: int | None = None) -> int:
+        return await self._call(self._buffer.depth, northbound)
 
     async def rows(self) -> list[Row]:
         return await self._call(lambda: list(self._buffer.rows()))

@@ -118,8 +118,8 @@ class Control:
         except ProblemsError as exc:
             problems = "; ".join(str(p) for p in exc.problems)
             raise Refused(f"{path} is not valid, the running config stays: {problems}") from None
-        if new.mqtt is None:
-            raise Refused(f"{path} has no mqtt section, the running config stays")
+        if new.mqtt is None and new.datacenter is None:
+            raise Refused(f"{path} has neither an mqtt nor a datacenter section, the running config stays")
         log.info("reload asked through a command")
         self.request_reload()
         return {"reloading": path}

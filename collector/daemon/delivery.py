@@ -11,7 +11,9 @@ messages.
 Flow: rows come either fresh (just committed by the writer, handed over in memory) or from the
 backlog (read back from SQLite by seq after a (re)connect). The window is filled mostly from the
 backlog, oldest first, with one place in FRESH_SHARE reserved for fresh rows so a long backlog
-never starves current readings. An acked row is deleted in the next batch delete; an unacked row
+never starves current readings. An acked row is done for MQTT in the next batch (deleted, unless
+the data centre still needs it: buffer.py, the ``pending`` mask); the backlog reads only the rows
+MQTT still needs; an unacked row
 stays and is sent again after a reconnect (paho resends its own in-flight QoS 1 messages; those
 are skipped). A refused row is sent again after REJECT_RETRY, doubling to REJECT_RETRY_CAP while
 the broker keeps refusing, so an ACL put right on the broker is seen without a reconnect.
@@ -33,7 +35,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from collector.daemon import payloads
-from collector.daemon.buffer import AsyncBuffer
+from collector.daemon.buffer import MQTT, AsyncBuffer
 from collector.daemon.records import Row
 
 log = logging.getLogger(__name__)
@@ -125,7 +127,7 @@ class Feed:
                     return row
             if self._cursor >= self._end:
                 return None
-            rows = await self._buffer.fetch(self._cursor, BACKLOG_CHUNK)
+            rows = await self._buffer.fetch(self._cursor, BACKLOG_CHUNK, MQTT)
             if not rows:
                 self._cursor = self._end
                 return None

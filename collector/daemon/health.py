@@ -67,8 +67,9 @@ class Health:
             log.info('meter "%s" on bus "%s" back after %.0f s', meter_id, bus, down)
             self.emit(Event("meter_online", meter_id, {"bus": bus, "down_s": down}))
 
-    def payload(self, buffer: dict[str, Any], publisher: dict[str, Any]) -> dict[str, Any]:
-        return {
+    def payload(self, buffer: dict[str, Any], publisher: dict[str, Any] | None) -> dict[str, Any]:
+        """``publisher`` None: the config has no mqtt, and the payload no ``mqtt`` part."""
+        body: dict[str, Any] = {
             "buffer": {
                 "depth": buffer.get("depth"),
                 "oldest_unsent_age_s": buffer.get("oldest_unsent_age_s"),
@@ -98,6 +99,9 @@ class Health:
             "missed_slots": self.missed_slots,
             "clock_steps": self.clock_steps,
         }
+        if publisher is None:
+            del body["mqtt"]
+        return body
 
 
 def _iso(ts: float) -> str:

@@ -499,6 +499,8 @@ class Publisher:
     """The daemon's one MQTT interface: the session (paho) and the delivery window (the buffer's
     rows), joined. It is the session's ``SessionEvents`` and hands them on to the window."""
 
+    configured = True  #: the config has mqtt (NoPublisher: it has not)
+
     def __init__(
         self,
         cfg: Mqtt,
@@ -597,6 +599,54 @@ class Publisher:
             # Acks that came while "offline" was on its way: their rows are delivered, delete them.
             await self.delivery.settle()
         self.session.release()
+
+
+class NoPublisher:
+    """The Publisher's face when the config has no mqtt section (the data centre is the only
+    northbound): nothing is sent, nothing connects, nothing is in flight. One small object instead
+    of an Optional at every use."""
+
+    configured = False
+    connected = False
+    inflight = 0
+    last_connect_error = ""
+
+    @property
+    def stats(self) -> PublisherStats:
+        return PublisherStats()
+
+    def offer(self, rows: list[Row]) -> None:
+        pass
+
+    def publish_direct(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        qos: int = 0,
+        retain: bool = False,
+        correlation_data: bytes | None = None,
+        content_type: str | None = None,
+    ) -> bool:
+        return False
+
+    def subscribe(self, topic_filter: str, handler: Callable[[Incoming], None]) -> None:
+        pass
+
+    async def start(self, supervisor: Supervisor | None = None) -> None:
+        pass
+
+    async def wait_connected(self, timeout: float) -> bool:
+        return False
+
+    async def flush_acks(self) -> None:
+        pass
+
+    async def drain(self, timeout: float) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
 
 
 def _refused_credentials(reason: str) -> bool:

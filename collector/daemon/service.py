@@ -1,10 +1,13 @@
-"""`meter-collector run`: the daemon. One asyncio loop; the buffer decouples buses from MQTT.
+"""`meter-collector run`: the daemon. One asyncio loop; the buffer decouples buses from the northbounds.
 
     Poller (APScheduler) -> BusWorker per bus -> Writer (one SQLite transaction per batch)
-                                                   -> Publisher (MQTT, QoS 1, acks delete rows)
+                                                   -> Publisher (MQTT, QoS 1, acks clear rows)
+                                                   -> Uplink (the data centre, per period: datacenter.py)
 
-A bus never waits on MQTT, MQTT never waits on a bus. SIGTERM stops polling, stores what was read,
-gives MQTT a bounded time to deliver, publishes "offline" and exits. SIGHUP re-reads the config:
+A bus never waits on a northbound, a northbound never waits on a bus or on the other northbound
+(each has its own bit in a row's ``pending`` mask: buffer.py). A config has mqtt, datacenter or both.
+SIGTERM stops polling, stores what was read, gives MQTT a bounded time to deliver, publishes
+"offline" and exits. SIGHUP re-reads the config:
 an invalid one is logged and ignored; a valid one restarts the pipeline in the same process.
 """
 
@@ -21,15 +24,17 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from collector import readout
 from collector.config import Config, Meter, load_config
 from collector.daemon import clock, payloads, systemd
-from collector.daemon.buffer import AsyncBuffer, CorruptBuffer
+from collector.daemon.buffer import DATACENTER, MQTT, NORTHBOUNDS, AsyncBuffer, CorruptBuffer
 from collector.daemon.bus import BusWorker
 from collector.daemon.calibration import Reading
 from collector.daemon.control import Control, ControlSocket, socket_path
 from collector.daemon.counters import Ledger
+from collector.daemon.datacenter import Uplink
 from collector.daemon.health import Health
-from collector.daemon.publisher import Publisher
+from collector.daemon.publisher import NoPublisher, Publisher
 from collector.daemon.records import Event
 from collector.daemon.remote import RemoteCommands
 from collector.daemon.scheduler import Poller
@@ -49,6 +54,14 @@ DRAIN_ON_STOP = 3.0  #: seconds MQTT gets to deliver on SIGTERM
 STOP_POLLS = 5.0  #: seconds running polls get to finish on SIGTERM
 
 
+def northbounds(config: Config) -> int:
+    """The bits (buffer.py) of the northbounds the config has."""
+    return (MQTT if config.mqtt is not None else 0) | (DATACENTER if config.datacenter is not None else 0)
+
+
+NO_NORTHBOUND = "has neither an mqtt nor a datacenter section: `run` needs one of them (see config/example.yaml)"
+
+
 class Daemon:
     """The running pipeline, built whole from a config and an open buffer (``Daemon.open``)."""
 
@@ -56,7 +69,6 @@ class Daemon:
         self, config: Config, buffer: AsyncBuffer, ledger: Ledger, request_reload: Callable[[], None] | None = None
     ) -> None:
         mqtt = config.mqtt
-        assert mqtt is not None
         self.config = config
         self.buffer = buffer
         self.supervisor = Supervisor(on_change=self._status_line)
@@ -64,10 +76,18 @@ class Daemon:
         self.discovered: dict[str, Any] = {}  #: meter id -> model found by discovery (SunSpec)
         self.absent: dict[str, dict[str, str]] = {}  #: meter id -> points it said it does not have
         self.latest: dict[str, Reading] = {}  #: meter id -> its last poll's reading (for the status page)
-        self.topics = payloads.Topics(mqtt.topic_prefix, config.gateway.id)
-        self.publisher = Publisher(
-            mqtt, config.gateway.id, buffer, self.topics, window=mqtt.max_inflight, on_connect=self._publish_meta
-        )
+        self.topics = payloads.Topics(mqtt.topic_prefix if mqtt else "meters", config.gateway.id)
+        self.publisher: Publisher | NoPublisher = NoPublisher()
+        if mqtt is not None:
+            self.publisher = Publisher(
+                mqtt, config.gateway.id, buffer, self.topics, window=mqtt.max_inflight, on_connect=self._publish_meta
+            )
+        #: the data centre (docs/datacenter.md), when the config has datacenter: (reads its keys now)
+        self.uplink: Uplink | None = None
+        if config.datacenter is not None:
+            self.uplink = Uplink(
+                config.datacenter, config, buffer, self.read_now, lambda rs: readout.continued(config, rs)
+            )
         self.writer = Writer(buffer, self.publisher.offer, config.clock.sync_check, config, ledger)
         self.health = Health(emit=self.writer.event)
         self.workers: dict[str, BusWorker] = {}
@@ -82,7 +102,7 @@ class Daemon:
         self.control_socket = ControlSocket(self.control, socket_path(config.storage.path))
         self.web: WebFace | None = None  #: the status page and /metrics, when the config has web:
         self.remote = RemoteCommands(
-            self.control, self.publisher, self.topics, mqtt.protocol, [m.id for m in config.meters]
+            self.control, self.publisher, self.topics, mqtt.protocol if mqtt else "", [m.id for m in config.meters]
         )
 
     @classmethod
@@ -90,8 +110,19 @@ class Daemon:
         """Open the buffer (moving a corrupt one aside) and build the pipeline on it. ``request_reload``:
         what a reload command does (SIGHUP's work)."""
         s = config.storage
-        buffer = await AsyncBuffer.open(s.path, max_age=s.max_age, max_size=s.max_size)
+        wanted = northbounds(config)
+        buffer = await AsyncBuffer.open(s.path, max_age=s.max_age, max_size=s.max_size, northbounds=wanted)
         try:
+            unwanted = (MQTT | DATACENTER) & ~wanted
+            released = await buffer.release(unwanted)
+            if released:
+                names = " and ".join(n for bit, n in NORTHBOUNDS.items() if bit & unwanted)
+                log.warning(
+                    "%d buffered message(s) were waiting only for %s, which the config no longer has: "
+                    "deleted from the buffer",
+                    released,
+                    names,
+                )
             ledger = Ledger.load(await buffer.ledger(), config.consumption_interval)
             return cls(config, buffer, ledger, request_reload)
         except BaseException:
@@ -101,7 +132,6 @@ class Daemon:
     async def start(self) -> None:
         """Run every loop under the supervisor, and the poller."""
         cfg = self.config
-        assert cfg.mqtt is not None
         sup = self.supervisor
         await self.control_socket.start()  # first: refuses to start beside another daemon on this buffer
         if cfg.web is not None:
@@ -109,11 +139,16 @@ class Daemon:
 
             self.web = WebFace(self, cfg.web)
             await self.web.start()
-        self.remote.start()  # before the session: it subscribes to cmd/+ on every connect
+        if cfg.mqtt is not None:
+            self.remote.start()  # before the session: it subscribes to cmd/+ on every connect
         await self.publisher.start(sup)
         sup.start("writer", self.writer.run)
         sup.start("retention", self._retention)
-        sup.start("health", self._health_loop)
+        if cfg.mqtt is not None:
+            sup.start("health", self._health_loop)
+        if self.uplink is not None:
+            for name, loop in self.uplink.loops().items():
+                sup.start(name, loop)
         sup.start("status", self._status_loop)
         sup.start("clock", clock.ClockWatch(self._clock_step, cfg.clock.step_threshold).run)
         for n, w in self.workers.items():
@@ -124,12 +159,16 @@ class Daemon:
                 'the wall clock is not synchronised (no NTP yet?): readings are marked "clock": "unsynced" until it is'
             )
         buses = ", ".join(f"{n} ({len(w.meters)} meters)" for n, w in self.workers.items())
+        northbound = [f"broker {cfg.mqtt.url}"] if cfg.mqtt else []
+        if cfg.datacenter is not None:
+            dc = cfg.datacenter
+            northbound.append(f"data centre {dc.url} (building {dc.building_id}, gateway {dc.gateway_id})")
         log.info(
-            "meter-collector running: %d meters on %s; buffer %s; broker %s",
+            "meter-collector running: %d meters on %s; buffer %s; %s",
             len(cfg.meters),
             buses or "no bus",
             cfg.storage.path,
-            cfg.mqtt.url,
+            "; ".join(northbound),
         )
 
     def status_line(self) -> str:
@@ -137,8 +176,10 @@ class Daemon:
         parts = [f"polling {len(self.config.meters)} meters"]
         if self.writer.failing_since is not None:
             parts.append(f"BUFFER NOT WRITABLE ({self.writer.last_error}), {self.writer.waiting} waiting")
-        if not self.publisher.connected:
+        if self.publisher.configured and not self.publisher.connected:
             parts.append(f"MQTT down: {self.publisher.last_connect_error or 'connecting'}")
+        if self.uplink is not None and not self.uplink.online:
+            parts.append(f"data centre {self.uplink.describe()}")
         failing = self.supervisor.failing()
         if failing:
             parts.append(f"FAILING: {', '.join(failing)}")
@@ -249,7 +290,10 @@ class Daemon:
             "inflight": self.publisher.inflight,
             **({"last_connect_error": self.publisher.last_connect_error} if self.publisher.last_connect_error else {}),
         }
-        body = self.health.payload(stats, pub)
+        body = self.health.payload(stats, pub if self.publisher.configured else None)
+        if self.uplink is not None:
+            body["buffer"]["datacenter_depth"] = stats.get("datacenter_depth")
+            body["datacenter"] = self.uplink.payload(stats)
         body["buffer"]["waiting"] = self.writer.waiting
         body["buffer"]["not_stored"] = self.writer.not_stored
         if self.writer.failing_since is not None:
@@ -335,8 +379,8 @@ def _reloaded(path: str) -> Config | None:
         for line in exc.render().splitlines():
             log.error("reload refused: %s", line.strip())
         return None
-    if new.mqtt is None:
-        log.error("reload refused: %s has no mqtt section", path)
+    if not northbounds(new):
+        log.error("reload refused: %s %s", path, NO_NORTHBOUND)
         return None
     for w in new.warnings:
         log.warning("reload: %s", w)
@@ -398,8 +442,8 @@ def run(config_path: str) -> int:
     except ProblemsError as exc:
         print(exc.render(), flush=True)
         return 2
-    if config.mqtt is None:
-        print(f"{config_path}: `run` needs an mqtt section (see config/example.yaml)", flush=True)
+    if not northbounds(config):
+        print(f"{config_path} {NO_NORTHBOUND}", flush=True)
         return 2
     for w in config.warnings:
         log.warning("%s", w)

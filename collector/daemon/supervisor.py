@@ -23,6 +23,7 @@ BACKOFF_FIRST = 1.0
 BACKOFF_CAP = 60.0
 HEALTHY_AFTER = 60.0  #: a loop that ran this long without failing starts its backoff again
 FAILING_AFTER = 3  #: failures in a row after which a loop counts as failing
+CANCEL_AGAIN = 1.0  #: seconds after which a task that is still running on stop is cancelled again
 
 
 @dataclass
@@ -104,10 +105,15 @@ class Supervisor:
         }
 
     async def stop(self, names: Callable[[str], bool] = lambda _: True) -> None:
-        """Cancel the tasks whose name matches and wait for them."""
+        """Cancel the tasks whose name matches and wait for them. A task still running a second after
+        its cancel is cancelled again: in Python 3.11 ``asyncio.wait_for`` loses a cancel that
+        arrives as its inner future completes (CPython gh-86296), and a loop that lost it would
+        hold the stop for ever."""
         chosen = [(n, t) for n, t in self._tasks.items() if names(n)]
-        for _, t in chosen:
-            t.cancel()
-        await asyncio.gather(*(t for _, t in chosen), return_exceptions=True)
+        running = {t for _, t in chosen}
+        while running:
+            for t in running:
+                t.cancel()
+            _, running = await asyncio.wait(running, timeout=CANCEL_AGAIN)
         for n, _ in chosen:
             del self._tasks[n]

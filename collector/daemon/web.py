@@ -248,7 +248,10 @@ class DaemonMetrics(Collector):
         config = d.config
         yield InfoMetricFamily(PREFIX, "this gateway", value={"gateway": config.gateway.id, "version": __version__})
         yield from self._buffer()
-        yield from self._mqtt()
+        if d.publisher.configured:
+            yield from self._mqtt()
+        if d.uplink is not None:
+            yield from self._datacenter()
         yield from self._meters()
         yield from self._buses()
         yield _gauge(
@@ -294,6 +297,26 @@ class DaemonMetrics(Collector):
         yield _counter("mqtt_messages_rejected", "messages the broker refused (kept, retried)", p.stats.rejected)
         yield _counter("mqtt_connects", "MQTT sessions established", p.stats.connects)
         yield _counter("mqtt_disconnects", "MQTT sessions lost", p.stats.disconnects)
+
+    def _datacenter(self) -> Iterator[Metric]:
+        u = self.daemon.uplink
+        assert u is not None
+        s = u.status
+        yield _gauge("datacenter_online", "1 while logged in to the data centre", u.online)
+        yield _counter("datacenter_packets_sent", "report and continuous packets sent", s.sent)
+        yield _counter("datacenter_packets_acked", "packets the data centre acknowledged", s.acked)
+        if "error" not in self.buffer:
+            yield _gauge(
+                "datacenter_pending_rows",
+                "readings stored and not yet acknowledged by the data centre",
+                self.buffer.get("datacenter_depth") or 0,
+            )
+        if s.clock_offset is not None:
+            yield _gauge(
+                "datacenter_clock_offset_seconds",
+                "the data centre's clock minus ours, at its last time (never applied)",
+                s.clock_offset.total_seconds(),
+            )
 
     def _meters(self) -> Iterator[Metric]:
         d = self.daemon
@@ -476,7 +499,10 @@ def render_live(d: Daemon, health: dict[str, Any], *, raw: bool) -> str:
     states = {m.id: meter_state(d, m.id) for m in config.meters}
     down = [m for m, s in states.items() if s == "offline"]
     out.append('<section class="summary">')
-    out.append(_summary_mqtt(d))
+    if d.publisher.configured:
+        out.append(_summary_mqtt(d))
+    if d.uplink is not None:
+        out.append(_summary_datacenter(d))
     out.append(_summary_buffer(health))
     synced = clock.synchronised(config.clock.sync_check)
     out.append(
@@ -528,12 +554,27 @@ def _summary_mqtt(d: Daemon) -> str:
     return _tile("MQTT", "DOWN", "bad", f"{p.last_connect_error or 'connecting'}; {counts}")
 
 
+def _summary_datacenter(d: Daemon) -> str:
+    assert d.uplink is not None
+    s = d.uplink.status
+    notes = [f"{s.sent} sent, {s.acked} acked"]
+    if s.clock_offset is not None:
+        notes.append(f"its clock {s.clock_offset.total_seconds():+.0f} s from ours")
+    if d.uplink.online:
+        return _tile("Data centre", "online", "ok", "; ".join(notes))
+    return _tile("Data centre", s.state.value.upper(), "bad", "; ".join([s.last_error or "connecting", *notes]))
+
+
 def _summary_buffer(health: dict[str, Any]) -> str:
     b = health.get("buffer")
     if not b:
         return _tile("Buffer", "unknown", "bad", "")
     depth, age = b.get("depth") or 0, b.get("oldest_unsent_age_s")
     notes = [f"oldest unsent {_ago(age)} old" if age else "nothing waiting"]
+    if "datacenter_depth" in b:
+        notes.append(f"{b['datacenter_depth'] or 0} reading(s) for the data centre")
+        if "mqtt" not in health:
+            depth = b["datacenter_depth"] or 0
     if b.get("dropped_total"):
         notes.append(f"{b['dropped_total']} dropped by retention")
     if b.get("not_stored"):

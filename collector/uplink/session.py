@@ -236,7 +236,14 @@ class Session:
         s = self.settings
         self.status.state = State.AUTHENTICATING
         await self.send(LoginRequest())
-        challenge = await self._expect(LoginChallenge, LoginResult, what="login sequence")
+        try:
+            challenge = await self._expect(LoginChallenge, LoginResult, what="login sequence")
+        except ReplyTimeout as exc:
+            v = s.variant
+            raise ReplyTimeout(
+                f"{exc} (a data centre that cannot decrypt our request stays silent: check the AES key, "
+                f"aes_mode ({v.aes_mode}), padding ({v.padding}) and the frame's crc_span/crc_order)"
+            ) from None
         if isinstance(challenge, LoginChallenge):
             await self.send(LoginDigest(login_digest(challenge.sequence, s.login_key, s.variant)))
             result = await self._expect(LoginResult, what="login result")
@@ -321,8 +328,9 @@ class Session:
                 if loop.time() >= next_beat:
                     await self.heartbeat()
                     next_beat = loop.time() + self.settings.heartbeat
-                await self.pump(source)
-                wake.clear()
+                wake.clear()  # before the pump: a period that closes while it runs is not missed
+                if await self.pump(source) >= self.settings.batch:
+                    continue  # a full round: more may be waiting (a backlog), go on at once
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wake.wait(), max(next_beat - loop.time(), 0))
         finally:
@@ -360,14 +368,19 @@ async def run_forever(
     status: Status,
     backoff: Backoff | None = None,
 ) -> None:
-    """One connection at a time, reconnecting with backoff; returns only when cancelled."""
+    """One connection at a time, reconnecting with backoff; returns only when cancelled.
+
+    Each failure is logged once while it stays the same (a WARNING when it changes, and after a
+    session that had logged in); repeats are DEBUG, so a data centre that is away for a day or keeps
+    refusing us does not fill the journal."""
     backoff = backoff or Backoff()
+    logged = ""
     while True:
         status.state = State.CONNECTING
         try:
             reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), settings.reply_timeout)
         except (OSError, TimeoutError) as exc:
-            status.state, status.last_error = State.DOWN, f"connect to {host}:{port} failed: {exc}"
+            status.state, status.last_error = State.DOWN, f"connect to {host}:{port} failed: {exc or 'timed out'}"
         else:
             session = Session(reader, writer, settings, status)
             try:
@@ -377,7 +390,10 @@ async def run_forever(
             except SessionError as exc:
                 if session.logged_in:
                     backoff.reset()  # it worked for a while: start the delays again from the base
+                    logged = ""
                 status.state, status.last_error = State.DOWN, str(exc)
         delay = backoff.next()
-        log.warning("data centre uplink: %s; next attempt in %.0f s", status.last_error, delay)
+        level = logging.WARNING if status.last_error != logged else logging.DEBUG
+        log.log(level, "data centre uplink: %s; next attempt in %.0f s", status.last_error, delay)
+        logged = status.last_error
         await asyncio.sleep(delay)

@@ -60,6 +60,23 @@ def test_the_example_config_documents_a_valid_site() -> None:
     assert main_incomer.calibration.points["energy_import"].offset == 1520.4
 
 
+def test_the_example_datacenter_section_is_valid_when_uncommented(tmp_path: Path) -> None:
+    lines = (HERE.parent.parent / "config" / "example.yaml").read_text().splitlines()
+    start = next(n for n, x in enumerate(lines) if x.startswith("# datacenter:"))
+    out = []
+    for n, line in enumerate(lines):
+        inside = start <= n and all(x.startswith("#") for x in lines[start : n + 1])
+        if inside or line.startswith(("    # datacenter_id:", "    # function_ids:")):
+            line = line.replace("# ", "", 1)
+        out.append(line)
+    (tmp_path / "site.yaml").write_text("\n".join(out) + "\n")
+    config = load_config(tmp_path / "site.yaml", check_files=False)
+    assert config.datacenter is not None and config.datacenter.period == 900
+    assert config.datacenter.variant.md5_order == "sequence+key"
+    assert config.meter("main-incomer").function_ids == {"energy_import": "1"}
+    assert any('"roof-pv": category: is not set: the meter is not reported' in w for w in config.warnings)
+
+
 def test_a_site_model_file_by_path(tmp_path: Path) -> None:
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / "acme-em1.yaml").write_text(

@@ -14,19 +14,22 @@ from tests.conftest import ROOT
 def site_config(
     folder: Path,
     *,
-    mqtt_url: str,
+    mqtt_url: str | None,
     sim_port: int,
     meters: int = 5,
     interval: str = "1s",
     mqtt_extra: str = "",
     gateway: str = "gw1",
     meter_names: list[str] | None = None,
+    datacenter: str = "",
 ) -> Path:
+    """``mqtt_url`` None: no mqtt section; ``datacenter``: the datacenter section's mapping, in flow style."""
     names = meter_names or [f"m{i}" for i in range(1, meters + 1)]
     lines = [
         f"gateway: {{id: {gateway}, site: test, building: B01}}",
         f"storage: {{path: {folder / 'buffer.db'}}}",
-        f'mqtt: {{url: "{mqtt_url}", health_interval: 2s{mqtt_extra}}}',
+        *([f'mqtt: {{url: "{mqtt_url}", health_interval: 2s{mqtt_extra}}}'] if mqtt_url is not None else []),
+        *([f"datacenter: {datacenter}"] if datacenter else []),
         "clock: {sync_check: none}",
         "buses:",
         f"  - {{name: lan, type: tcp, host: 127.0.0.1, port: {sim_port}, timeout: 300ms}}",

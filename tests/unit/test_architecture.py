@@ -51,6 +51,7 @@ def test_each_protocol_library_behind_one_module() -> None:
     assert importers("pymodbus") == {"drivers/modbus/transport.py"}
     assert importers("paho") == {"collector/daemon/publisher.py"}
     assert importers("apscheduler") == {"collector/daemon/scheduler.py"}
+    assert importers("cryptography") == {"collector/uplink/crypto.py"}
 
 
 def test_no_mqtt_broker_of_our_own_ships() -> None:

@@ -28,6 +28,30 @@ async def until(predicate: object, timeout: float, what: str) -> None:
         await asyncio.sleep(0.01)
 
 
+def test_stop_cancels_again_a_loop_that_lost_its_cancel(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(supervisor, "CANCEL_AGAIN", 0.05)
+    cancels: list[int] = []
+
+    async def stubborn() -> None:
+        while True:
+            try:
+                await asyncio.sleep(10)
+            except asyncio.CancelledError:
+                cancels.append(1)
+                if len(cancels) > 1:
+                    raise
+                # as asyncio.wait_for does when its future completes with the cancel (CPython gh-86296)
+
+    async def main() -> None:
+        sup = Supervisor()
+        sup.start("stubborn", stubborn)
+        await asyncio.sleep(0.01)
+        await asyncio.wait_for(sup.stop(), 5)
+
+    asyncio.run(main())
+    assert len(cancels) == 2
+
+
 def test_a_failing_loop_is_restarted_logged_once_and_reported(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

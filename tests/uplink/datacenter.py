@@ -75,10 +75,11 @@ class DataCenter:
     _server: asyncio.Server | None = None
     _writers: list[asyncio.StreamWriter] = field(default_factory=list)
 
-    async def start(self) -> int:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        port: int = self._server.sockets[0].getsockname()[1]
-        return port
+    async def start(self, port: int = 0) -> int:
+        """Listen on ``port`` (0: a free one); again after ``stop``: the data centre is back."""
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", port)
+        bound: int = self._server.sockets[0].getsockname()[1]
+        return bound
 
     async def stop(self) -> None:
         for w in self._writers:
