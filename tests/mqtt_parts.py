@@ -76,6 +76,7 @@ class Mosquitto:
         require_cert: bool = False,
         users: dict[str, str] | None = None,
         acl: str | None = None,
+        extra: tuple[str, ...] = (),
     ) -> None:
         self.exe = shutil.which("mosquitto") or (
             "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else need("mosquitto")
@@ -87,6 +88,7 @@ class Mosquitto:
             "persistence false",
             "max_queued_messages 100000",
             f"log_dest file {folder / 'mosquitto.log'}",
+            *extra,
         ]
         if os.geteuid() == 0:
             lines.append("user root")  # else it drops to "mosquitto", who cannot read the test's files

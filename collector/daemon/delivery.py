@@ -239,7 +239,9 @@ class DeliveryWindow:
         self.link = link
         self.gateway = gateway
         self.topics = topics
-        self.size = size
+        self.size = size  #: QoS 1 messages in flight at most: the configured window ...
+        self.limit = size  #: ... or fewer, when the broker takes fewer at once (Receive Maximum)
+        self._said_limit: int | None = None
         self.stats = DeliveryStats()
         self._wake = asyncio.Event()
         self._acks: collections.deque[tuple[int, bool, str]] = collections.deque()  #: (mid, failed, reason)
@@ -296,8 +298,21 @@ class DeliveryWindow:
             self.take_acks()
             await self._fill()
 
+    def peer_limit(self, receive_maximum: int | None) -> None:
+        """The broker's Receive Maximum (MQTT 5 CONNACK): more unacknowledged messages than it says
+        is a protocol error it may disconnect for, so the window never exceeds it."""
+        self.limit = min(self.size, receive_maximum) if receive_maximum else self.size
+        if self.limit < self.size and self._said_limit != self.limit:
+            self._said_limit = self.limit
+            log.info(
+                "MQTT broker takes at most %d unacknowledged messages (Receive Maximum): %d in flight, not %d",
+                self.limit,
+                self.limit,
+                self.size,
+            )
+
     async def _fill(self) -> None:
-        while self.link.connected and len(self._inflight) < self.size:
+        while self.link.connected and len(self._inflight) < self.limit:
             row = await self._feed.next()
             if row is None:
                 return

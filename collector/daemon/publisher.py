@@ -198,6 +198,7 @@ class MqttSession:
         self._session_over = asyncio.Event()
         #: topic filter -> what gets its messages; subscribed (QoS 1) on every connect, since a clean
         #: start loses the subscriptions of the session before
+        self.receive_maximum: int | None = None  #: from the last CONNACK (MQTT 5), None: no limit said
         self.subscriptions: dict[str, Callable[[Incoming], None]] = {}
         self._subscribing: dict[int, str] = {}  #: SUBSCRIBE message id -> topic filter, until its SUBACK
         self._refused_subscriptions: set[str] = set()  #: "filter: reason" already logged
@@ -237,6 +238,8 @@ class MqttSession:
     # -- paho's callbacks -----------------------------------------------------------------------
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
+        #: MQTT 5: the most unacknowledged QoS 1 messages the broker takes at once (stock Mosquitto: 20)
+        self.receive_maximum = getattr(props, "ReceiveMaximum", None) if props is not None else None
         self._connected_cb(bool(rc.is_failure), str(rc))
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
@@ -536,6 +539,7 @@ class Publisher:
     def on_connected(self) -> None:
         if self.on_connect_hook is not None:
             self.on_connect_hook()
+        self.delivery.peer_limit(self.session.receive_maximum)
         self.delivery.on_connected()
 
     def on_disconnected(self) -> None:

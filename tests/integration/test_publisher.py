@@ -64,3 +64,44 @@ def test_fresh_readings_are_not_starved_by_a_backlog(tmp_path: Path) -> None:
     assert last_fresh < backlog / 2, last_fresh
     old = [json.loads(p)["seq"] for t, p, _ in sub.messages if t.endswith("/old/reading")]
     assert old == sorted(old)  # the backlog itself goes oldest first
+
+
+def test_the_window_never_exceeds_the_brokers_receive_maximum(tmp_path: Path) -> None:
+    """Stock Mosquitto says Receive Maximum 20 in its CONNACK; more unacknowledged messages than
+    that is a protocol error a broker may disconnect for. This one says 5; the window is 100."""
+    (tmp_path / "b").mkdir()
+    broker = Mosquitto(tmp_path / "b", extra=("max_inflight_messages 5",)).start()
+    b = Buffer(tmp_path / "buf.db")
+    b.append([Record("m", T0 + timedelta(seconds=i), T0 + timedelta(seconds=i), {"x": float(i)}) for i in range(300)])
+    b.close()
+    seen: list[int] = []
+
+    async def go() -> int:
+        buf = await AsyncBuffer.open(str(tmp_path / "buf.db"), max_age=3650 * 86400, max_size=10**10)
+        cfg = Mqtt(url="", host="127.0.0.1", port=broker.port, tls=False, client_id="gw")
+        pub = Publisher(cfg, "gw", buf, Topics("meters", "gw"), window=100)
+        send = pub.session.send
+
+        def counted(topic: str, payload: bytes) -> int:
+            seen.append(pub.inflight + 1)  # in flight once this one is sent
+            return send(topic, payload)
+
+        pub.session.send = counted  # type: ignore[method-assign]
+        try:
+            await pub.start()
+            assert await pub.wait_connected(10)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 60
+            while await buf.depth():
+                assert loop.time() < deadline, "the backlog was not delivered in 60 s"
+                await asyncio.sleep(0.05)
+            return pub.session.receive_maximum or 0
+        finally:
+            await pub.stop()
+            await buf.close()
+
+    try:
+        assert asyncio.run(go()) == 5
+    finally:
+        broker.stop()
+    assert len(seen) >= 300 and max(seen) == 5, max(seen)
