@@ -11,32 +11,18 @@ from collector.simulator.meters import SimulatedMeter
 from drivers import registry
 from drivers.modbus.device import decode, read_device
 from drivers.modbus.planner import plan
-from drivers.model import DataType, Function, Model, Point, load_model
+from drivers.model import DataType, Function, Model, Point
 from drivers.quantities import INVERTER_STATES, QUANTITIES, Nature
 from drivers.reading import DeviceRead
-from drivers.source import ProblemsError
-
-HEAD = """\
-vendor: Acme
-model: PV1
-kind: pv
-protocol: modbus
-manual: Acme PV1 protocol
-defaults: {function: input, type: uint16}
-points:
-"""
+from tests.model_parts import acme_model, acme_problems
 
 
 def load(tmp_path: Path, points: str) -> Model:
-    path = tmp_path / "acme-pv1.yaml"
-    path.write_text(HEAD + points)
-    return load_model(path)
+    return acme_model(tmp_path, points)
 
 
 def problems(tmp_path: Path, points: str) -> str:
-    with pytest.raises(ProblemsError) as err:
-        load(tmp_path, points)
-    return err.value.render()
+    return acme_problems(tmp_path, points)
 
 
 def test_the_vocabulary_is_sunspec_st() -> None:

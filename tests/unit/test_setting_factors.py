@@ -11,30 +11,16 @@ import pytest
 from collector.simulator.meters import SimulatedMeter
 from drivers import registry
 from drivers.modbus.device import read_device
-from drivers.model import Function, Model, load_model
-from drivers.source import ProblemsError
-
-HEAD = """\
-vendor: Acme
-model: W1
-kind: water
-protocol: modbus
-manual: Acme W1 register table
-defaults: {function: holding, type: uint16}
-points:
-"""
+from drivers.model import Function, Model
+from tests.model_parts import acme_model, acme_problems
 
 
 def load(tmp_path: Path, points: str) -> Model:
-    path = tmp_path / "acme-w1.yaml"
-    path.write_text(HEAD + points)
-    return load_model(path)
+    return acme_model(tmp_path, points, model="W1", kind="water", function="holding")
 
 
 def problems(tmp_path: Path, points: str) -> str:
-    with pytest.raises(ProblemsError) as err:
-        load(tmp_path, points)
-    return err.value.render()
+    return acme_problems(tmp_path, points, model="W1", kind="water", function="holding")
 
 
 class Words:
