@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 
 from collector.categories import NATIONAL
 from collector.uplink.functions import DEFAULT_FUNCTION_IDS
+from collector.uplink.keys import AES_KEY_BYTES, KeyFileError, read_key_file
 from collector.uplink.variant import Variant, VariantError, parse_variant
 from drivers import registry
 from drivers.model import Model
@@ -99,9 +100,6 @@ class Mqtt:
     keepalive: float = 60.0
     max_inflight: int = 100  #: QoS 1 messages awaiting PUBACK at once
     health_interval: float = 60.0
-
-
-AES_KEY_BYTES = 16  #: AES-128 (docs/datacenter.md, "Crypto")
 
 
 @dataclass(frozen=True, slots=True)
@@ -563,16 +561,12 @@ def _platform_id(f: _Fields, key: str) -> str:
 def _key_length(f: _Fields, key: str, path: str, length: int | None) -> None:
     """A key file's length (a final newline does not count); its bytes never reach a message."""
     try:
-        with open(path, "rb") as fh:
-            size = len(fh.read(4096).rstrip(b"\r\n"))
-    except OSError as exc:
-        f.problem(key, f"{path} cannot be read ({exc.strerror})")
-        return
-    if size == 0:
-        f.problem(key, f"{path} is empty: write the key the platform assigned into it")
-    elif length is not None and size != length:
+        read_key_file(path, length)
+    except KeyFileError as exc:
         other = " (or set aes_key_file when the AES key differs from the login key)" if key == "key_file" else ""
-        f.problem(key, f"{path} holds {size} bytes; the AES-128 key must be {length}{other}")
+        f.problem(key, f"{exc}{other if exc.kind == 'length' else ''}")
+        if exc.kind == "unreadable":
+            return
     _private(f, key, path)
 
 

@@ -34,7 +34,8 @@ def reading_json(r: Reading, config: Config) -> dict[str, Any]:
     }
 
 
-def _fmt(v: float | int | None) -> str:
+def fmt(v: float | int | None) -> str:
+    """A value as `read` and the status page show it: 10 significant digits, "-" for none."""
     if v is None:
         return "-"
     if isinstance(v, int):
@@ -77,15 +78,15 @@ def render_reading(r: Reading, config: Config, *, raw: bool = False) -> str:
             digits = 4 if model.protocol in ("modbus", "sunspec") else 2  # words, or DL/T 645 bytes
             regs = " ".join(f"{w:0{digits}X}" for w in r.registers.get(name, []))
             cal = r.values.get(name)
-            shown = _fmt(cal) if p.publish else "(not published)"
+            shown = fmt(cal) if p.publish else "(not published)"
             lines.append(
-                f"  {name:<{width}}  {regs:<19}  {_fmt(r.raw.get(name)):>12}  "
-                f"{_fmt(r.meter_values.get(name)):>12}  {shown:>12}  {p.unit}"
+                f"  {name:<{width}}  {regs:<19}  {fmt(r.raw.get(name)):>12}  "
+                f"{fmt(r.meter_values.get(name)):>12}  {shown:>12}  {p.unit}"
             )
             if name in r.errors and r.errors[name] != r.failure:
                 lines.append(f"  {'':<{width}}  error: {r.errors[name]}")
         else:
-            lines.append(f"  {name:<{width}}  {_fmt(r.values.get(name)):>14} {model.point(name).unit}")
+            lines.append(f"  {name:<{width}}  {fmt(r.values.get(name)):>14} {model.point(name).unit}")
     return "\n".join(lines)
 
 

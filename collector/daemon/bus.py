@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -88,25 +88,30 @@ async def read_meter(
     return calibrate(meter, result, slot or ts.replace(microsecond=0), ts)
 
 
-async def read_once(config: Config, meters: list[Meter], *, with_hidden: bool = False) -> list[Reading]:
-    """Read each meter once: buses in parallel, meters on one bus one after the other."""
+async def per_bus(
+    meters: list[Meter], read_bus: Callable[[str, list[Meter]], Awaitable[list[Reading]]]
+) -> list[Reading]:
+    """``read_bus(bus, its meters)`` for every bus at once (one bus reads its meters one after the
+    other); the readings in the order of ``meters``."""
     by_bus: dict[str, list[Meter]] = {}
     for m in meters:
         by_bus.setdefault(m.bus, []).append(m)
+    results = await asyncio.gather(*(read_bus(n, ms) for n, ms in by_bus.items()))
+    order = {m.id: i for i, m in enumerate(meters)}
+    return sorted((r for rs in results for r in rs), key=lambda r: order[r.meter])
+
+
+async def read_once(config: Config, meters: list[Meter], *, with_hidden: bool = False) -> list[Reading]:
+    """Read each meter once on readers of its own (no daemon runs): buses in parallel."""
 
     async def one_bus(name: str, ms: list[Meter]) -> list[Reading]:
         reader = make_reader(config.buses[name])
-        out = []
         try:
-            for m in ms:
-                out.append(await read_meter(reader, m, wanted(m, with_hidden)))
+            return [await read_meter(reader, m, wanted(m, with_hidden)) for m in ms]
         finally:
             reader.close()
-        return out
 
-    results = await asyncio.gather(*(one_bus(n, ms) for n, ms in by_bus.items()))
-    order = {m.id: i for i, m in enumerate(meters)}
-    return sorted((r for rs in results for r in rs), key=lambda r: order[r.meter])
+    return await per_bus(meters, one_bus)
 
 
 class Backoff:

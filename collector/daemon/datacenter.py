@@ -37,6 +37,8 @@ from collector.daemon.buffer import AsyncBuffer
 from collector.daemon.calibration import Reading
 from collector.daemon.delivery import Loops
 from collector.daemon.records import QUALITIES, Row
+from collector.uplink import keys
+from collector.uplink.keys import AES_KEY_BYTES, read_key_file
 from collector.uplink.messages import Common, FunctionValue, MeterRecord
 from collector.uplink.session import Backoff, Pending, Settings, Status, run_forever
 
@@ -64,19 +66,15 @@ class KeyFileError(RuntimeError):
 
 def read_key(path: str, what: str, length: int | None) -> bytes:
     try:
-        with open(path, "rb") as f:
-            key = f.read().rstrip(b"\r\n")
-    except OSError as exc:
-        raise KeyFileError(f"datacenter.{what} {path}: {exc.strerror}") from None
-    if not key or (length is not None and len(key) != length):
-        raise KeyFileError(f"datacenter.{what} {path}: holds {len(key)} bytes, the key must be {length or '1 or more'}")
-    return key
+        return read_key_file(path, length)
+    except keys.KeyFileError as exc:
+        raise KeyFileError(f"datacenter.{what}: {exc}") from None
 
 
 def settings(cfg: Datacenter) -> Settings:
     """Session settings with the keys read from their files now (start and reload)."""
-    login_key = read_key(cfg.key_file, "key_file", None if cfg.aes_key_file else 16)
-    aes_key = read_key(cfg.aes_key_file, "aes_key_file", 16) if cfg.aes_key_file else login_key
+    login_key = read_key(cfg.key_file, "key_file", None if cfg.aes_key_file else AES_KEY_BYTES)
+    aes_key = read_key(cfg.aes_key_file, "aes_key_file", AES_KEY_BYTES) if cfg.aes_key_file else login_key
     return Settings(
         Common(cfg.building_id, cfg.gateway_id),
         login_key,

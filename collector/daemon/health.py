@@ -90,8 +90,8 @@ class Health:
                     "skipped_overlap": m.skipped_overlap,
                     "skipped_backoff": m.skipped_backoff,
                     "online": m.down_since is None,
-                    **({"offline_since": _iso(m.down_since)} if m.down_since is not None else {}),
-                    **({"last_good": _iso(m.last_good)} if m.last_good is not None else {}),
+                    **({"offline_since": iso_seconds(m.down_since)} if m.down_since is not None else {}),
+                    **({"last_good": iso_seconds(m.last_good)} if m.last_good is not None else {}),
                     **({"last_error": m.last_error} if m.last_error else {}),
                 }
                 for name, m in self.meters.items()
@@ -104,5 +104,6 @@ class Health:
         return body
 
 
-def _iso(ts: float) -> str:
+def iso_seconds(ts: float) -> str:
+    """Unix seconds as UTC ISO 8601 to the second: 2026-12-02T04:55:22Z."""
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")

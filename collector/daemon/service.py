@@ -28,7 +28,7 @@ from collector import readout
 from collector.config import Config, Meter, load_config
 from collector.daemon import clock, payloads, systemd
 from collector.daemon.buffer import DATACENTER, MQTT, NORTHBOUNDS, AsyncBuffer, CorruptBuffer
-from collector.daemon.bus import BusWorker
+from collector.daemon.bus import BusWorker, per_bus
 from collector.daemon.calibration import Reading
 from collector.daemon.control import Control, ControlSocket, socket_path
 from collector.daemon.counters import Ledger
@@ -272,15 +272,10 @@ class Daemon:
     async def read_now(self, meter_ids: list[str], *, with_hidden: bool = False) -> list[Reading]:
         """Fresh readings, read on the bus workers between polls (buses in parallel), not stored."""
 
-        async def one_bus(worker: BusWorker, ids: list[str]) -> list[Reading]:
-            return [await worker.ask(worker.meters[i], with_hidden=with_hidden) for i in ids]
+        async def one_bus(name: str, ms: list[Meter]) -> list[Reading]:
+            return [await self.workers[name].ask(m, with_hidden=with_hidden) for m in ms]
 
-        by_bus: dict[str, list[str]] = {}
-        for i in meter_ids:
-            by_bus.setdefault(self.config.meter(i).bus, []).append(i)
-        results = await asyncio.gather(*(one_bus(self.workers[b], ids) for b, ids in by_bus.items()))
-        order = {m: n for n, m in enumerate(meter_ids)}
-        return sorted((r for rs in results for r in rs), key=lambda r: order[r.meter])
+        return await per_bus([self.config.meter(i) for i in meter_ids], one_bus)
 
     async def health_payload(self) -> dict[str, Any]:
         stats = await self.buffer.stats()

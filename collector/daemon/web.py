@@ -29,7 +29,7 @@ import secrets
 import sqlite3
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -42,7 +42,7 @@ from collector import __version__, readout
 from collector.config import Config, Meter, Web
 from collector.daemon import clock, payloads
 from collector.daemon.calibration import GOOD, Reading
-from collector.daemon.health import BusHealth, MeterHealth
+from collector.daemon.health import BusHealth, MeterHealth, iso_seconds
 
 if TYPE_CHECKING:
     from collector.daemon.service import Daemon
@@ -431,9 +431,7 @@ def health_counts(h: MeterHealth) -> dict[str, int]:
 
 
 def _iso(ts: float | None) -> str | None:
-    if ts is None:
-        return None
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return None if ts is None else iso_seconds(ts)
 
 
 def _finite(value: Any) -> Any:
@@ -455,16 +453,6 @@ def _json(body: dict[str, Any], *, status: int = 200, headers: dict[str, str] | 
 # --- the page ------------------------------------------------------------------------------------
 
 esc = html.escape  #: every text from the config, a meter or an error goes through it
-
-
-def _fmt(v: float | int | None) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, int):
-        return str(v)
-    if not math.isfinite(v):
-        return str(v)
-    return f"{v:.10g}"
 
 
 def _clock_time(ts: float, now: float) -> str:
@@ -648,12 +636,12 @@ def _values_table(d: Daemon, m: Meter, r: Reading, *, raw: bool) -> str:
             digits = 4 if model.protocol in ("modbus", "sunspec") else 2
             regs = " ".join(f"{w:0{digits}X}" for w in r.registers.get(name, []))
             cell = (
-                f'<td class="mono">{esc(regs)}</td><td class="num">{_fmt(r.raw.get(name))}</td>'
-                f'<td class="num">{_fmt(r.meter_values.get(name))}</td>'
-                f'<td class="num">{_fmt(r.values.get(name))}</td><td>{unit}</td>'
+                f'<td class="mono">{esc(regs)}</td><td class="num">{readout.fmt(r.raw.get(name))}</td>'
+                f'<td class="num">{readout.fmt(r.meter_values.get(name))}</td>'
+                f'<td class="num">{readout.fmt(r.values.get(name))}</td><td>{unit}</td>'
             )
         else:
-            cell = f'<td class="num">{_fmt(r.values.get(name))}</td><td class="unit">{unit}</td>'
+            cell = f'<td class="num">{readout.fmt(r.values.get(name))}</td><td class="unit">{unit}</td>'
         rows.append(f'<tr data-point="{esc(name)}"><th>{esc(name)}</th>{cell}</tr>')
     cls = "values raw" if raw else "values"
     return f'<div class="scroll"><table class="{cls}">{head}{"".join(rows)}</table></div>'
