@@ -837,13 +837,25 @@ class AsyncBuffer:
         self._pool.shutdown(wait=True)
 
 
+_ISO: dict[int, str] = {}  #: unix second -> "2026-12-02T06:00:00" (every reading of a slot shares it)
+
+
+def _second_iso(second: int) -> str:
+    text = _ISO.get(second)
+    if text is None:
+        if len(_ISO) > 4096:
+            _ISO.clear()
+        text = _ISO[second] = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return text
+
+
 def seconds_iso(slot: int) -> str:
-    return datetime.fromtimestamp(slot, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return _second_iso(slot) + "Z"
 
 
 def ms_iso(ts_ms: int) -> str:
-    dt = datetime.fromtimestamp(ts_ms / 1000, UTC)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts_ms % 1000:03d}Z"
+    second, ms = divmod(ts_ms, 1000)
+    return f"{_second_iso(second)}.{ms:03d}Z"
 
 
 def finite(values: dict[str, float]) -> dict[str, float]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from collector.config import Meter
+from collector.config import Meter, PointCalibration
 from drivers.model import Model
 from drivers.quantities import Ratio
 from drivers.reading import DeviceRead, tidy
@@ -49,16 +49,38 @@ def ratio_factor(ratio: Ratio, ct: float, pt: float) -> float:
     return 1.0
 
 
+#: (meter, model) -> per point: None (never published) or (factor, point calibration); the config is
+#: immutable, so this is computed once per meter and model (SunSpec: per discovered model)
+_TABLES: dict[tuple[int, int], tuple[Meter, Model, dict[str, tuple[float, PointCalibration | None] | None]]] = {}
+
+
+def _table(meter: Meter, model: Model) -> dict[str, tuple[float, PointCalibration | None] | None]:
+    key = (id(meter), id(model))
+    entry = _TABLES.get(key)
+    if entry is None or entry[0] is not meter or entry[1] is not model:
+        cal = meter.calibration
+        table: dict[str, tuple[float, PointCalibration | None] | None] = {}
+        for point in model.points:
+            if point.publish:
+                table[point.name] = (ratio_factor(point.ratio, cal.ct_ratio, cal.pt_ratio), cal.points.get(point.name))
+            else:
+                table[point.name] = None  # a helper or a setting shown by `read --raw`: never published
+        if len(_TABLES) > 4096:  # reloads replace meters: forget the old ones
+            _TABLES.clear()
+        entry = _TABLES[key] = (meter, model, table)
+    return entry[2]
+
+
 def calibrate(meter: Meter, read: DeviceRead, slot: datetime, ts: datetime) -> Reading:
-    cal = meter.calibration
+    """The Reading of a DeviceRead, which it takes over (its dicts are not copied)."""
     model = read.model or meter.model
+    table = _table(meter, model)
     values: dict[str, float] = {}
     for name, value in read.values.items():
-        point = model.point(name)
-        if not point.publish:
-            continue  # a helper or a setting shown by `read --raw`: never published
-        pc = cal.points.get(name)
-        factor = ratio_factor(point.ratio, cal.ct_ratio, cal.pt_ratio)
+        how = table.get(name)
+        if how is None:
+            continue
+        factor, pc = how
         if pc is None and factor == 1.0:
             values[name] = float(value)  # tidy already (drivers): nothing here adds binary noise
             continue
@@ -78,10 +100,10 @@ def calibrate(meter: Meter, read: DeviceRead, slot: datetime, ts: datetime) -> R
         ts=ts,
         model=model,
         values=values,
-        meter_values=dict(read.values),
-        raw=dict(read.raw),
-        registers=dict(read.registers),
-        errors=dict(read.errors),
+        meter_values=read.values,
+        raw=read.raw,
+        registers=read.registers,
+        errors=read.errors,
         absent={n: why for n, why in read.absent.items() if model.has(n) and model.point(n).publish},
         quality=quality,
         requests=read.requests,

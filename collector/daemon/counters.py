@@ -115,10 +115,9 @@ class Ledger:
         out = Outcome()
         model = reading.model or meter.model
         t = reading.slot.timestamp()
-        for name in list(reading.values):
-            point = model.point(name)
-            if point.nature is not Nature.COUNTER:
-                continue
+        counters = model.derived("counters", lambda: {p.name: p for p in model.points if p.nature is Nature.COUNTER})
+        for name in [n for n in reading.values if n in counters]:
+            point = counters[name]
             key = (meter.id, name)
             st = self.states.setdefault(key, PointState())
             published = self._counter(meter, point, st, reading.values[name], t, out)

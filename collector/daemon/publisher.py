@@ -246,7 +246,8 @@ class MqttSession:
         self._disconnected_cb(str(rc))
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, rc: Any, props: Any) -> None:
-        self.events.on_ack(mid, bool(rc.is_failure), str(rc))
+        # str(rc) looks the name up in paho's tables, the slowest part of an ack: not for plain success
+        self.events.on_ack(mid, bool(rc.is_failure), "Success" if rc.value == 0 else str(rc))
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         props = msg.properties

@@ -92,6 +92,75 @@ def decode(point: Point, words: Sequence[int]) -> int | float:
     return value
 
 
+_WORD_LISTS: dict[int, struct.Struct] = {}
+
+
+def words(data: bytes) -> list[int]:
+    """Registers (big-endian words) from a reply's bytes."""
+    n = len(data) // 2
+    unpack = _WORD_LISTS.get(n)
+    if unpack is None:
+        unpack = _WORD_LISTS[n] = struct.Struct(f">{n}H")
+    return list(unpack.unpack(data))
+
+
+class Layout:
+    """How one planned reply becomes raw numbers: one precompiled struct unpacks every point that is a
+    plain big-endian number (most points of most meters) in one call; the rest (another word or byte
+    order, BCD, sentinels, overlapping views) go through :func:`decode` one by one.
+
+    ``unpack(data)`` gives, for each of the request's points in order, its raw number or the
+    Unavailable that stands for it; float32 values are rounded to the 7 digits a float32 holds (230.1,
+    not 230.10000610351562)."""
+
+    __slots__ = ("_float32", "_plain", "_struct", "points", "spans")
+
+    def __init__(self, points: Sequence[tuple[Point, int]]) -> None:
+        self.points = tuple(points)
+        #: per point: (point, its name, its first and end register in the reply), for the callers' loop
+        self.spans = tuple((p, p.name, o, o + p.registers) for p, o in self.points)
+        fmt, at, plain = ">", 0, []
+        for i, (point, offset) in enumerate(self.points):
+            if (
+                point.type in _STRUCT
+                and point.word_order == "big"
+                and point.byte_order == "big"
+                and not point.invalid
+                and 2 * offset >= at
+            ):
+                gap = 2 * offset - at
+                fmt += (f"{gap}x" if gap else "") + _STRUCT[point.type]
+                at = 2 * (offset + point.registers)
+                plain.append(i)
+        self._struct = struct.Struct(fmt) if plain else None
+        self._plain = tuple(plain)
+        self._float32 = tuple(self.points[i][0].type is DataType.FLOAT32 for i in plain)
+
+    def unpack(self, data: bytes) -> list[int | float | Unavailable]:
+        out: list[int | float | Unavailable | None] = [None] * len(self.points)
+        if self._struct is not None:
+            values = self._struct.unpack_from(data)
+            for i, value, f32 in zip(self._plain, values, self._float32, strict=True):
+                if isinstance(value, float):
+                    if not math.isfinite(value):
+                        out[i] = Unavailable(f"not a number (meter sent {value})")
+                        continue
+                    if f32:
+                        value = float(f"{value:.7g}")
+                out[i] = value
+        if len(self._plain) < len(self.points):
+            regs = words(data)
+            for i, (point, offset) in enumerate(self.points):
+                if out[i] is None:
+                    try:
+                        raw = decode(point, regs[offset : offset + point.registers])
+                    except Unavailable as exc:
+                        out[i] = exc
+                        continue
+                    out[i] = float(f"{raw:.7g}") if point.type is DataType.FLOAT32 else raw
+        return out  # type: ignore[return-value]  # every slot is filled
+
+
 def encode(point: Point, raw: int | float) -> list[int]:
     """Registers in wire order for a raw number; the inverse of :func:`decode`."""
     if point.type in (DataType.BCD16, DataType.BCD32):

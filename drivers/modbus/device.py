@@ -6,6 +6,7 @@ continuity belong to collector.daemon.calibration.
 
 from __future__ import annotations
 
+import struct
 import time
 from typing import Protocol
 
@@ -32,31 +33,57 @@ class RegisterReader(Protocol):
     ) -> list[int]: ...
 
 
-def decode(requests: list[Request], replies: list[list[int] | None], out: DeviceRead) -> None:
-    """Fill ``out`` from the words of each request (None: that request failed)."""
+async def _read_data(
+    reader: RegisterReader, unit: int, function: Function, address: int, count: int, retries: int | None
+) -> bytes:
+    """The registers as bytes: straight from a transport that has ``read_data``, else packed."""
+    fast = getattr(reader, "read_data", None)
+    if fast is not None:
+        data: bytes = await fast(unit, function, address, count, retries=retries)
+        return data
+    regs = await reader.read(unit, function, address, count, retries=retries)
+    return struct.pack(f">{len(regs)}H", *regs)
+
+
+def decode(requests: list[Request], replies: list[bytes | None], out: DeviceRead) -> None:
+    """Fill ``out`` from the register bytes of each request's reply (None: that request failed).
+
+    A point that is only scaled (most are) gets its value in the first pass; states, scale-factor
+    registers, sums and unit codes need every raw number of the read first."""
     points: dict[str, Point] = {}
-    for req, words in zip(requests, replies, strict=True):
-        for point, offset in req.points:
-            points[point.name] = point
-            if words is None:
-                continue
-            regs = words[offset : offset + point.registers]
-            out.registers[point.name] = regs
-            try:
-                raw = codec.decode(point, regs)
-            except codec.Absent as exc:
-                out.lack(point.name, str(exc))
-                continue
-            except codec.Unavailable as exc:
-                out.errors[point.name] = str(exc)
-                continue
-            if point.type.is_float:
-                raw = float(f"{raw:.7g}") if point.type.registers == 2 else raw
-            out.raw[point.name] = raw
-    base: dict[str, float] = {}
-    for name, point in points.items():
-        if name not in out.raw:
+    later: list[Point] = []
+    values, raws, registers = out.values, out.raw, out.registers
+    for req, data in zip(requests, replies, strict=True):
+        if data is None:
+            for point, _ in req.points:
+                points[point.name] = point
             continue
+        regs = codec.words(data)
+        for (point, name, lo, hi), raw in zip(req.layout.spans, req.layout.unpack(data), strict=True):
+            points[name] = point
+            registers[name] = regs[lo:hi]
+            if isinstance(raw, codec.Unavailable):
+                if isinstance(raw, codec.Absent):
+                    out.lack(name, str(raw))
+                else:
+                    out.errors[name] = str(raw)
+                continue
+            raws[name] = raw
+            if point.states or point.scale_factor or point.add or point.scale_by:
+                later.append(point)
+            elif point.scale == 1.0 and hi - lo <= 2:
+                values[name] = float(raw)  # a float32 is rounded already, a 32-bit integer is exact
+            else:
+                values[name] = tidy(raw * point.scale)
+    if later:
+        _derive(later, points, out)
+
+
+def _derive(later: list[Point], points: dict[str, Point], out: DeviceRead) -> None:
+    """Values of points that need other points: states, scale factors, ``add`` and ``scale_by``."""
+    base: dict[str, float] = dict(out.values)
+    for point in later:
+        name = point.name
         value = out.raw[name] * point.scale
         if point.states:
             state = _state(point, out.raw[name])
@@ -78,7 +105,8 @@ def decode(requests: list[Request], replies: list[list[int] | None], out: Device
                 continue
             value *= 10.0 ** int(sf)
         base[name] = value
-    for name, point in points.items():
+    for point in later:
+        name = point.name
         if name not in base:
             continue
         value = base[name]
@@ -126,12 +154,12 @@ async def read_device(
     key = ("plan", tuple(names), gap, single)
     requests = model.derived(key, lambda: plan(model, model.needed_for(names), gap=gap, single=single))
     out = DeviceRead()
-    replies: list[list[int] | None] = []
+    replies: list[bytes | None] = []
     started = time.monotonic()
     for req in requests:
         out.requests += 1
         try:
-            replies.append(await reader.read(unit, req.function, req.address, req.count, retries=retries))
+            replies.append(await _read_data(reader, unit, req.function, req.address, req.count, retries))
         except ExceptionReply as exc:
             replies.append(None)
             for p, _ in req.points:

@@ -14,8 +14,9 @@ than a second request on a serial line; on TCP the round trip dominates, so the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from drivers.modbus.codec import Layout
 from drivers.model import Function, Model, Point
 
 DEFAULT_GAP_SERIAL = 16
@@ -30,6 +31,10 @@ class Request:
     address: int
     count: int
     points: tuple[tuple[Point, int], ...]  #: (point, offset of its first register in the reply)
+    layout: Layout = field(init=False, compare=False, repr=False)  #: how its reply is unpacked
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "layout", Layout(self.points))
 
     def __str__(self) -> str:
         names = ", ".join(p.name for p, _ in self.points)

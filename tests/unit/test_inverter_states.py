@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import struct
 from pathlib import Path
 
 import pytest
@@ -117,7 +118,7 @@ def test_decode_publishes_the_canonical_state_and_the_code(
 ) -> None:
     requests = plan(TWINS, [STATE, CODE, NEXT], gap=0)
     out = DeviceRead()
-    decode(requests, [[word, 500]], out)
+    decode(requests, [struct.pack(">2H", word, 500)], out)  # the reply's register bytes
     assert out.values == values and out.errors == errors
     assert out.raw["inverter_state"] == word  # `read --raw` shows what the register held
 
