@@ -58,6 +58,7 @@ from drivers.errors import (
     Garbled,
     NoReply,
     NotConnected,
+    TransportError,
     cannot_open,
 )
 from drivers.modbus.rtu import crc16
@@ -131,6 +132,18 @@ class _Lost(Exception):
     """The TCP connection closed while a request waited for its reply."""
 
 
+@dataclass(slots=True)
+class _Chain:
+    """A plan being read by _TcpChannel.chain."""
+
+    frames: list[bytes]  #: the request frames without their transaction ids
+    expect: list[tuple[int, int]]  #: per frame: the function code and byte count of its plain reply
+    results: list[Any]  #: the register bytes of the replies in so far
+    timeout: float
+    deadline: float  #: loop time by which the reply to the request out now must be in
+    timer: asyncio.TimerHandle | None = None  #: fires at a deadline (the first; re-armed when it finds it moved)
+
+
 class _TcpChannel(asyncio.Protocol):
     """One Modbus TCP connection, one request at a time (the transport's lock sees to that).
 
@@ -145,7 +158,9 @@ class _TcpChannel(asyncio.Protocol):
         self.buf = bytearray()
         self.tid = 0
         self.unit = 0
-        self.waiter: asyncio.Future[bytes] | None = None
+        self.waiter: asyncio.Future[Any] | None = None
+        self.chained: _Chain | None = None  #: the plan being read by :meth:`chain`
+        self.sent = 0  #: request frames written by chains
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -155,7 +170,11 @@ class _TcpChannel(asyncio.Protocol):
         self.transport = None
         waiter = self.waiter
         if waiter is not None and not waiter.done():
-            waiter.set_exception(_Lost(str(exc) if exc else "closed by the peer"))
+            lost = _Lost(str(exc) if exc else "closed by the peer")
+            if self.chained is not None:
+                waiter.set_result(lost)
+            else:
+                waiter.set_exception(lost)
 
     @property
     def connected(self) -> bool:
@@ -183,9 +202,66 @@ class _TcpChannel(asyncio.Protocol):
             if tid == self.tid and unit == self.unit:
                 pdu = bytes(buf[7:end])
                 del buf[:end]
-                waiter.set_result(pdu)
+                if self.chained is not None:
+                    self._chained_reply(self.chained, waiter, pdu)
+                else:
+                    waiter.set_result(pdu)
                 return
             del buf[:end]
+
+    def chain(
+        self,
+        frames: list[bytes],
+        expect: list[tuple[int, int]],
+        unit: int,
+        tid: int,
+        timeout: float,
+        results: list[bytes | TransportError],
+    ) -> asyncio.Future[Any]:
+        """Send ``frames`` (without their transaction ids) one after the other, each as soon as the
+        plain reply to the one before is in ``results``. The future ends with None when all are in,
+        else with the reply that was not plain (its PDU), TimeoutError() or a _Lost."""
+        loop = asyncio.get_running_loop()
+        self.chained = _Chain(frames, expect, results, timeout, loop.time() + timeout)
+        self.tid = tid
+        self.unit = unit
+        waiter = self.waiter = loop.create_future()
+        self._send_next(self.chained)
+        self.chained.timer = loop.call_at(self.chained.deadline, self._check_deadline, waiter)
+        return waiter
+
+    def _send_next(self, ch: _Chain) -> None:
+        assert self.transport is not None
+        self.tid = self.tid % 0xFFFF + 1
+        frame = self.tid.to_bytes(2, "big") + ch.frames[len(ch.results)]
+        self.owner.bytes_out += len(frame)
+        self.owner._heard.clear()
+        self.buf.clear()
+        self.sent += 1
+        self.transport.write(frame)
+
+    def _check_deadline(self, waiter: asyncio.Future[Any]) -> None:
+        ch = self.chained
+        if waiter.done() or ch is None or self.waiter is not waiter:
+            return
+        loop = asyncio.get_running_loop()
+        if loop.time() >= ch.deadline:
+            waiter.set_result(TimeoutError())
+        else:  # the chain moved on: this is the deadline of a later request
+            ch.timer = loop.call_at(ch.deadline, self._check_deadline, waiter)
+
+    def _chained_reply(self, ch: _Chain, waiter: asyncio.Future[Any], pdu: bytes) -> None:
+        results = ch.results
+        fc, size = ch.expect[len(results)]
+        if len(pdu) != 2 + size or pdu[0] != fc or pdu[1] != size:
+            waiter.set_result(pdu)
+            return
+        results.append(pdu[2:])
+        if len(results) == len(ch.frames):
+            waiter.set_result(None)
+            return
+        ch.deadline = asyncio.get_running_loop().time() + ch.timeout
+        self._send_next(ch)
 
     def send(self, frame: bytes, tid: int, unit: int) -> asyncio.Future[bytes]:
         assert self.transport is not None
@@ -356,16 +432,28 @@ class ModbusTransport:
         return words(await self.read_data(unit, function, address, count, retries=retries))
 
     async def read_data(
-        self, unit: int, function: Function, address: int, count: int, *, retries: int | None = None
+        self,
+        unit: int,
+        function: Function,
+        address: int,
+        count: int,
+        *,
+        retries: int | None = None,
+        tried: TransportError | None = None,
     ) -> bytes:
-        """:meth:`read`, the registers as the reply's 2 × ``count`` bytes (big-endian words)."""
+        """:meth:`read`, the registers as the reply's 2 × ``count`` bytes (big-endian words).
+
+        ``tried``: how a first attempt made by :meth:`read_plan` ended; it counts as attempt 1."""
         async with self._lock:
             attempts = (self.link.retries if retries is None else retries) + 1
             for attempt in range(attempts):
-                await self.connect()
-                await self._wait_quiet()
-                self.requests += 1
                 try:
+                    if tried is not None:
+                        outcome, tried = tried, None
+                        raise outcome
+                    await self.connect()
+                    await self._wait_quiet()
+                    self.requests += 1
                     if self._channel is not None:
                         return await self._tcp_once(unit, function, address, count)
                     return await self._once(unit, function, address, count)
@@ -384,6 +472,79 @@ class ModbusTransport:
                 finally:
                     self._quiet_until = max(self._quiet_until, time.monotonic() + self.link.pause + self.link.silence)
             raise AssertionError("unreachable")
+
+    async def read_plan(
+        self, unit: int, reads: list[tuple[Function, int, int]], *, retries: int | None = None
+    ) -> list[bytes | TransportError]:
+        """Several reads of one unit in order: each one's register bytes, or the error it ended with.
+        A NoReply or NotConnected ends the list (the unit or the link is gone: one timeout, not one
+        per read).
+
+        On Modbus TCP (no pause configured, no trace) the next request goes out from the reply
+        handler of the one before, with one future and one timer for the whole plan: a request costs
+        its two syscalls and the reply's parsing, not a task wake-up each (bench/bench_request.py).
+        The first reply that is not the plain answer, a timeout, or a lost link ends the chain, and
+        that read goes on as one whose first attempt ended so."""
+        results: list[bytes | TransportError] = []
+        tried: TransportError | None = None
+        if self.link.kind == "tcp" and not self.link.pause and not trace.ON and reads:
+            async with self._lock:
+                try:
+                    await self.connect()
+                except TransportError as exc:
+                    return [exc]
+                tried = await self._chain(unit, reads, results)
+        for i in range(len(results), len(reads)):
+            function, address, count = reads[i]
+            try:
+                results.append(await self.read_data(unit, function, address, count, retries=retries, tried=tried))
+            except TransportError as exc:
+                results.append(exc)
+                if isinstance(exc, (NoReply, NotConnected)):
+                    break
+            tried = None
+        return results
+
+    async def _chain(
+        self, unit: int, reads: list[tuple[Function, int, int]], results: list[bytes | TransportError]
+    ) -> TransportError | None:
+        """Fill ``results`` with the plain replies of a chain; how the read after them ended, if it did."""
+        channel = self._channel
+        assert channel is not None
+        frames = [self._frame(unit, function, address, count) for function, address, count in reads]
+        expect = [(function.code, 2 * count) for function, _, count in reads]
+        self._heard.clear()
+        sent_before = channel.sent
+        waiter = channel.chain(frames, expect, unit, self._tid, self.link.timeout, results)
+        try:
+            end = await waiter
+        finally:
+            self.requests += channel.sent - sent_before
+            self._tid = channel.tid
+            if channel.chained is not None and channel.chained.timer is not None:
+                channel.chained.timer.cancel()
+            channel.waiter = None
+            channel.chained = None
+        if end is None:
+            return None
+        i = len(results)
+        function, address, count = reads[i]
+        try:
+            if isinstance(end, bytes):  # a reply, but not the plain one: an exception, another function ...
+                results.append(self._odd_reply(end, bytes(self._heard), unit, function, address, count))
+                return None
+            if isinstance(end, _Lost):
+                self.close()
+                return NotConnected(f"lost {self.link.describe()}")
+            heard = bytes(self._heard)
+            if heard:
+                why = describe_garbage(self.link.kind, heard, unit, channel.tid.to_bytes(2, "big") + frames[i])
+                return Garbled(f"unit {unit}: unreadable reply ({why}): {preview(heard)}")
+            return NoReply(f"no reply from unit {unit} in {self.link.timeout * 1000:g} ms")
+        except TransportError as exc:
+            return exc
+        finally:
+            self._heard.clear()
 
     def _drain(self) -> None:
         if self.link.serial_line:

@@ -32,8 +32,9 @@ from tests.conftest import ROOT, PtyPair, Simulator, cli, free_port
 
 V230_5 = [0x4366, 0x8000]  # 230.5 as a big-endian float32
 
-#: what a peer sends for one request: (tid, unit, function code, address, count) -> bytes
-Answer = Callable[[int, int, int, int, int], bytes]
+#: what a peer sends for one request: (tid, unit, function code, address, count) -> bytes (None: it
+#: hangs up)
+Answer = Callable[[int, int, int, int, int], bytes | None]
 
 
 def mbap(tid: int, unit: int, pdu: bytes, *, length: int | None = None) -> bytes:
@@ -78,8 +79,11 @@ class RawPeer:
                         fc, address, count = struct.unpack(">BHH", buffer[7:12])
                         buffer = buffer[6 + length :]
                         peer.requests += 1
+                        reply = peer.answer(tid, unit, fc, address, count)
+                        if reply is None:
+                            return
                         try:
-                            sock.sendall(peer.answer(tid, unit, fc, address, count))
+                            sock.sendall(reply)
                         except OSError:
                             return
 
