@@ -49,34 +49,35 @@ def ratio_factor(ratio: Ratio, ct: float, pt: float) -> float:
     return 1.0
 
 
-#: (meter, model) -> per point: None (never published) or (factor, point calibration); the config is
-#: immutable, so this is computed once per meter and model (SunSpec: per discovered model)
-_TABLES: dict[tuple[int, int], tuple[Meter, Model, dict[str, tuple[float, PointCalibration | None] | None]]] = {}
+Table = dict[str, tuple[float, PointCalibration | None] | None]
+
+#: (meter, model) -> per point: None (never published) or (factor, point calibration), and the points
+#: published as the meter reports them; the config is immutable, so this is worked out once per meter
+#: and model (SunSpec: per discovered model)
+_TABLES: dict[tuple[int, int], tuple[Meter, Model, Table, frozenset[str]]] = {}
 
 
-def _table(meter: Meter, model: Model) -> dict[str, tuple[float, PointCalibration | None] | None]:
+def _table(meter: Meter, model: Model) -> tuple[Table, frozenset[str]]:
     key = (id(meter), id(model))
     entry = _TABLES.get(key)
     if entry is None or entry[0] is not meter or entry[1] is not model:
         cal = meter.calibration
-        table: dict[str, tuple[float, PointCalibration | None] | None] = {}
+        table: Table = {}
         for point in model.points:
             if point.publish:
                 table[point.name] = (ratio_factor(point.ratio, cal.ct_ratio, cal.pt_ratio), cal.points.get(point.name))
             else:
                 table[point.name] = None  # a helper or a setting shown by `read --raw`: never published
+        plain = frozenset(name for name, how in table.items() if how is not None and how == (1.0, None))
         if len(_TABLES) > 4096:  # reloads replace meters: forget the old ones
             _TABLES.clear()
-        entry = _TABLES[key] = (meter, model, table)
-    return entry[2]
+        entry = _TABLES[key] = (meter, model, table, plain)
+    return entry[2], entry[3]
 
 
-def calibrate(meter: Meter, read: DeviceRead, slot: datetime, ts: datetime) -> Reading:
-    """The Reading of a DeviceRead, which it takes over (its dicts are not copied)."""
-    model = read.model or meter.model
-    table = _table(meter, model)
+def _calibrated(read: dict[str, float], table: Table) -> dict[str, float]:
     values: dict[str, float] = {}
-    for name, value in read.values.items():
+    for name, value in read.items():
         how = table.get(name)
         if how is None:
             continue
@@ -88,6 +89,15 @@ def calibrate(meter: Meter, read: DeviceRead, slot: datetime, ts: datetime) -> R
         if pc is not None:
             v = v * pc.scale + pc.offset
         values[name] = tidy(v)
+    return values
+
+
+def calibrate(meter: Meter, read: DeviceRead, slot: datetime, ts: datetime) -> Reading:
+    """The Reading of a DeviceRead, which it takes over (its dicts are not copied)."""
+    model = read.model or meter.model
+    table, plain = _table(meter, model)
+    # Published as the meter reports them (the common case: no ratio, no correction): no loop.
+    values = dict(read.values) if read.values.keys() <= plain else _calibrated(read.values, table)
     if read.failure is not None or not values:
         quality = BAD
     elif read.errors:

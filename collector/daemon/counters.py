@@ -72,6 +72,8 @@ def modulus(meter: Meter, point: Point) -> float | None:
 
 def replacement_offset(meter: Meter, point: Point, t: float) -> tuple[float, int]:
     """The offset from the replacements recorded up to slot ``t``, and how many there are."""
+    if not meter.replacements:
+        return 0.0, 0  # most meters: checked on every reading of every counter
     pc = meter.calibration.points.get(point.name)
     factor = ratio_factor(point.ratio, meter.calibration.ct_ratio, meter.calibration.pt_ratio)
     factor *= pc.scale if pc else 1.0

@@ -10,7 +10,7 @@ import struct
 import time
 from typing import Protocol
 
-from drivers.errors import ExceptionReply, NoReply, NotConnected, TransportError
+from drivers.errors import NoReply, NotConnected, TransportError
 from drivers.modbus import codec
 from drivers.modbus.planner import Request, plan
 from drivers.model import Function, Model, Point
@@ -33,16 +33,29 @@ class RegisterReader(Protocol):
     ) -> list[int]: ...
 
 
-async def _read_data(
-    reader: RegisterReader, unit: int, function: Function, address: int, count: int, retries: int | None
-) -> bytes:
-    """The registers as bytes: straight from a transport that has ``read_data``, else packed."""
-    fast = getattr(reader, "read_data", None)
-    if fast is not None:
-        data: bytes = await fast(unit, function, address, count, retries=retries)
-        return data
-    regs = await reader.read(unit, function, address, count, retries=retries)
-    return struct.pack(f">{len(regs)}H", *regs)
+async def _read_all(
+    reader: RegisterReader, unit: int, requests: list[Request], retries: int | None
+) -> list[bytes | TransportError]:
+    """Each request's register bytes or the error it ended with, up to the first NoReply or
+    NotConnected: from the transport's ``read_plan`` (ModbusTransport: the requests chained), else
+    one ``read`` at a time."""
+    whole = getattr(reader, "read_plan", None)
+    if whole is not None:
+        outcomes: list[bytes | TransportError] = await whole(
+            unit, [(r.function, r.address, r.count) for r in requests], retries=retries
+        )
+        return outcomes
+    outcomes = []
+    for req in requests:
+        try:
+            regs = await reader.read(unit, req.function, req.address, req.count, retries=retries)
+        except TransportError as exc:
+            outcomes.append(exc)
+            if isinstance(exc, (NoReply, NotConnected)):
+                break
+            continue
+        outcomes.append(struct.pack(f">{len(regs)}H", *regs))
+    return outcomes
 
 
 def decode(requests: list[Request], replies: list[bytes | None], out: DeviceRead) -> None:
@@ -156,22 +169,19 @@ async def read_device(
     out = DeviceRead()
     replies: list[bytes | None] = []
     started = time.monotonic()
-    for req in requests:
+    outcomes = await _read_all(reader, unit, requests, retries)  # they end at a meter that is gone
+    for req, outcome in zip(requests, outcomes, strict=False):
         out.requests += 1
-        try:
-            replies.append(await _read_data(reader, unit, req.function, req.address, req.count, retries))
-        except ExceptionReply as exc:
-            replies.append(None)
-            for p, _ in req.points:
-                out.errors[p.name] = str(exc)
-        except (NoReply, NotConnected) as exc:
-            out.failure = exc
-            replies.extend([None] * (len(requests) - len(replies)))
+        if isinstance(outcome, bytes):
+            replies.append(outcome)
+            continue
+        if isinstance(outcome, (NoReply, NotConnected)):
+            out.failure = outcome
             break
-        except TransportError as exc:
-            replies.append(None)
-            for p, _ in req.points:
-                out.errors[p.name] = str(exc)
+        replies.append(None)  # an exception reply, or another fault of this request alone
+        for p, _ in req.points:
+            out.errors[p.name] = str(outcome)
+    replies.extend([None] * (len(requests) - len(replies)))
     out.seconds = time.monotonic() - started
     decode(requests, replies, out)
     if out.failure is not None:
@@ -179,4 +189,5 @@ async def read_device(
             if p.name not in out.absent:
                 out.errors.setdefault(p.name, str(out.failure))
     # Report only what was asked; helper points stay internal unless asked for.
-    return out.only(names)
+    helpers = model.derived(("helpers", key), lambda: {p.name for p in model.needed_for(names)} - set(names))
+    return out.only(names) if helpers else out

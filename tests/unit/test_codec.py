@@ -117,3 +117,34 @@ def test_any_words_decode_or_refuse_cleanly(words: list[int], type_: DataType, o
     except (codec.Unavailable, ValueError):
         return
     assert isinstance(v, int) or math.isfinite(v)
+
+
+@given(bits=st.integers(0, 0xFFFFFFFF))
+def test_round7_is_the_7_digit_string_round_trip_for_every_float32(bits: int) -> None:
+    """The numeric rounding gives the very number (and sign) that ``float(f"{v:.7g}")`` gives."""
+    (value,) = struct.unpack(">f", bits.to_bytes(4, "big"))
+    if not math.isfinite(value):
+        return
+    want = float(f"{value:.7g}")
+    got = codec.round7(value)
+    assert got == want and math.copysign(1, got) == math.copysign(1, want), (value, got, want)
+
+
+def test_round7_at_ties_powers_of_ten_and_the_ends_of_the_range() -> None:
+    for x in (12345675.0, 2.5, 999.99994, 1000.0, 0.001, 1e-15, 16777215.0, 3.4028235e38, 1e-45, 0.0, -0.0, -230.1):
+        (value,) = struct.unpack(">f", struct.pack(">f", x))
+        assert codec.round7(value) == float(f"{value:.7g}"), value
+
+
+def test_a_layout_unpacks_plain_points_in_one_go_and_the_rest_one_by_one() -> None:
+    """One reply: a float32 ABCD, a gap, a CDAB uint32 (codec.decode), an int16 with a sentinel."""
+    f = pt(DataType.FLOAT32, "big", "big")
+    u = Point(name="u", address=4, type=DataType.UINT32, word_order="little")
+    s = Point(name="s", address=6, type=DataType.INT16, invalid=(0x8000,))
+    layout = codec.Layout([(f, 0), (u, 4), (s, 6)])
+    data = struct.pack(">f", 230.1) + bytes(4) + struct.pack(">HH", 0x5678, 0x1234) + struct.pack(">H", 0x8000)
+    got = layout.unpack(data)
+    assert got[:2] == [230.1, 0x12345678]
+    assert isinstance(got[2], codec.Absent)
+    nan = layout.unpack(struct.pack(">f", math.nan) + data[4:])
+    assert isinstance(nan[0], codec.Unavailable) and "not a number" in str(nan[0])
