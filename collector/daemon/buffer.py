@@ -859,4 +859,6 @@ def ms_iso(ts_ms: int) -> str:
 
 
 def finite(values: dict[str, float]) -> dict[str, float]:
+    if all(map(math.isfinite, values.values())):
+        return values  # always, from the meters: a NaN never gets this far (the codec refuses it)
     return {k: v for k, v in values.items() if math.isfinite(v)}

@@ -120,6 +120,25 @@ def words(data: bytes) -> list[int]:
     return list(unpack.unpack(data))
 
 
+AS_IS, ROUND7, TIDY, DERIVED = range(4)
+_POWERS_OF_TEN = frozenset(10.0**k for k in range(-9, 10))
+
+
+def value_kind(point: Point) -> int:
+    """How a point's value follows from its raw number (see Layout.spans).
+
+    AS_IS: unscaled float32 (rounded already) or a 32-bit integer (exact). ROUND7: a float32 times a
+    power of ten, rounded to its 7 digits in one step (what a decimal shift of the 7 digits gives, as
+    the string round trip did). TIDY: anything else scaled. DERIVED: states, scale factors, sums."""
+    if point.states or point.scale_factor or point.add or point.scale_by:
+        return DERIVED
+    if point.scale == 1.0 and point.registers <= 2:
+        return AS_IS
+    if point.type is DataType.FLOAT32 and point.scale in _POWERS_OF_TEN:
+        return ROUND7
+    return TIDY
+
+
 class Layout:
     """How one planned reply becomes raw numbers: one precompiled struct unpacks every point that is a
     plain big-endian number (most points of most meters) in one call; the rest (another word or byte
@@ -133,8 +152,9 @@ class Layout:
 
     def __init__(self, points: Sequence[tuple[Point, int]]) -> None:
         self.points = tuple(points)
-        #: per point: (point, its name, its first and end register in the reply), for the callers' loop
-        self.spans = tuple((p, p.name, o, o + p.registers) for p, o in self.points)
+        #: per point: (point, its name, its first and end register in the reply, how its value follows
+        #: from the raw number: AS_IS, ROUND7 or TIDY after × scale, or DERIVED from other points)
+        self.spans = tuple((p, p.name, o, o + p.registers, value_kind(p)) for p, o in self.points)
         fmt, at, plain = ">", 0, []
         for i, (point, offset) in enumerate(self.points):
             if (

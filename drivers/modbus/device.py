@@ -72,7 +72,7 @@ def decode(requests: list[Request], replies: list[bytes | None], out: DeviceRead
                 points[point.name] = point
             continue
         regs = codec.words(data)
-        for (point, name, lo, hi), raw in zip(req.layout.spans, req.layout.unpack(data), strict=True):
+        for (point, name, lo, hi, kind), raw in zip(req.layout.spans, req.layout.unpack(data), strict=True):
             points[name] = point
             registers[name] = regs[lo:hi]
             if isinstance(raw, codec.Unavailable):
@@ -82,12 +82,14 @@ def decode(requests: list[Request], replies: list[bytes | None], out: DeviceRead
                     out.errors[name] = str(raw)
                 continue
             raws[name] = raw
-            if point.states or point.scale_factor or point.add or point.scale_by:
-                later.append(point)
-            elif point.scale == 1.0 and hi - lo <= 2:
-                values[name] = float(raw)  # a float32 is rounded already, a 32-bit integer is exact
-            else:
+            if kind == codec.AS_IS:
+                values[name] = float(raw)
+            elif kind == codec.ROUND7:
+                values[name] = codec.round7(raw * point.scale)
+            elif kind == codec.TIDY:
                 values[name] = tidy(raw * point.scale)
+            else:
+                later.append(point)
     if later:
         _derive(later, points, out)
 

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from drivers.modbus import codec
 from drivers.model import DataType, Point
+from drivers.reading import tidy
 
 
 def pt(type_: DataType, wo: str = "big", bo: str = "big", **kw: object) -> Point:
@@ -148,3 +149,27 @@ def test_a_layout_unpacks_plain_points_in_one_go_and_the_rest_one_by_one() -> No
     assert isinstance(got[2], codec.Absent)
     nan = layout.unpack(struct.pack(">f", math.nan) + data[4:])
     assert isinstance(nan[0], codec.Unavailable) and "not a number" in str(nan[0])
+
+
+@given(bits=st.integers(0, 0xFFFFFFFF), k=st.integers(-9, 9))
+def test_a_float32_times_a_power_of_ten_in_one_rounding_is_what_tidy_gave(bits: int, k: int) -> None:
+    """codec.ROUND7 (W -> kW): round7(value × 10**k) is the number tidy's string round trip made of it."""
+    (value,) = struct.unpack(">f", bits.to_bytes(4, "big"))
+    if not math.isfinite(value):
+        return
+    scaled = codec.round7(value) * 10.0**k
+    if not math.isfinite(scaled) or (scaled != 0 and not 1e-15 <= abs(scaled) < 1e22):
+        return  # beyond what a meter register holds
+    assert codec.round7(scaled) == tidy(scaled), (value, k)
+
+
+def test_which_points_take_which_path_to_their_value() -> None:
+    kinds = {
+        codec.AS_IS: pt(DataType.FLOAT32),
+        codec.ROUND7: pt(DataType.FLOAT32, scale=0.001),
+        codec.TIDY: pt(DataType.INT16, scale=0.1),
+        codec.DERIVED: pt(DataType.INT16, scale_factor="sf"),
+    }
+    for kind, point in kinds.items():
+        assert codec.value_kind(point) == kind, point
+    assert codec.value_kind(pt(DataType.FLOAT64)) == codec.TIDY  # 15 digits, not exact as it comes
