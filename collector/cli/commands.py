@@ -172,6 +172,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             zero_every=args.zero_every,
             absent=[n for a in args.absent for n in a.split(",") if n],
             di_order=args.di_order,
+            turnaround=args.turnaround / 1000,
         )
     except KeyError:
         print(f'simulate: unknown model "{args.model}"', file=sys.stderr)
@@ -382,6 +383,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--baud", type=int, default=9600)
     s.add_argument("--parity", choices=("N", "E", "O"), default="N")
     s.add_argument("--line-timing", action="store_true", help="delay replies by their wire time at --baud")
+    s.add_argument(
+        "--turnaround",
+        type=float,
+        default=0.0,
+        metavar="MS",
+        help="Modbus: milliseconds each meter waits before it answers, as a real meter does (default 0)",
+    )
     s.add_argument("--static", action="store_true", help="freeze values (to compare two masters)")
     s.add_argument(
         "--set",

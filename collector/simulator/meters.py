@@ -228,10 +228,16 @@ def _fit(point: Point, raw: float) -> int | float:
 
 
 def make_slave(
-    model: Model, ids: list[int], *, serial: bool, baudrate: int | None = None, static: bool = False
+    model: Model,
+    ids: list[int],
+    *,
+    serial: bool,
+    baudrate: int | None = None,
+    static: bool = False,
+    turnaround: float = 0.0,
 ) -> tuple[Slave, dict[int, SimulatedMeter]]:
     meters = {i: SimulatedMeter(model, i, static=static) for i in ids}
-    slave = Slave(dict(meters), baudrate=baudrate, silent_unknown=serial)
+    slave = Slave(dict(meters), baudrate=baudrate, silent_unknown=serial, turnaround=turnaround)
     return slave, meters
 
 
@@ -503,10 +509,12 @@ def make_server(
     zero_every: int = 0,
     absent: Sequence[str] = (),
     di_order: str = "little",
+    turnaround: float = 0.0,
 ) -> Served:
     """A simulator server for any model: Modbus (TCP, RTU over TCP, serial), SunSpec, DL/T 645, CJ/T 188.
 
     ``absent``: points the meters do not have (DL/T 645: "no such data"; Modbus: the point's marker).
+    ``turnaround``: seconds a Modbus meter waits before it answers (a real meter's response time).
     Raises ValueError for a combination that cannot be served (a DL/T 645 meter over TCP, bad ids).
     """
     _check_absent(model, absent)
@@ -552,7 +560,7 @@ def make_server(
             sim.zero_every = zero_every
             sim.absent = set(absent)
             devices[u] = sim
-    slave = Slave(devices, baudrate=baud if line_timing else None, silent_unknown=on_serial)
+    slave = Slave(devices, baudrate=baud if line_timing else None, silent_unknown=on_serial, turnaround=turnaround)
 
     def counts() -> str:
         answered = ", ".join(f"unit {u}: {n}" for u, n in sorted(slave.requests.items())) or "none"

@@ -38,9 +38,19 @@ class Device(Protocol):
 class Slave:
     """Answers PDUs for a set of unit ids; counts what it was asked."""
 
-    def __init__(self, devices: dict[int, Device], *, baudrate: int | None = None, silent_unknown: bool = True) -> None:
+    def __init__(
+        self,
+        devices: dict[int, Device],
+        *,
+        baudrate: int | None = None,
+        silent_unknown: bool = True,
+        turnaround: float = 0.0,
+    ) -> None:
         self.devices = devices
         self.baudrate = baudrate  #: emulate the wire time of request and reply at this rate
+        #: seconds a meter takes from the end of a request to the start of its reply (real meters: a
+        #: few ms to 50 ms and more); added to every answer
+        self.turnaround = turnaround
         self.silent_unknown = silent_unknown
         self.requests: Counter[int] = Counter()  #: per unit id
         self.unanswered = 0
@@ -122,7 +132,11 @@ class SerialServer(SerialPortServer):
             if reply is None:
                 continue
             data = rtu_frame(unit, reply)
-            delay = self.slave.wire_delay(len(pdu) + 3, len(data)) + self.slave.extra_delay(unit, pdu)
+            delay = (
+                self.slave.wire_delay(len(pdu) + 3, len(data))
+                + self.slave.turnaround
+                + self.slave.extra_delay(unit, pdu)
+            )
             out.append((data, delay))
         return out
 
@@ -156,7 +170,7 @@ class TcpServer:
                 out = await (self._rtu_request(reader) if self.rtu else self._mbap_request(reader))
                 if out is None:
                     continue
-                delay = self.slave.wire_delay(8, len(out))
+                delay = self.slave.wire_delay(8, len(out)) + self.slave.turnaround
                 if delay:
                     await asyncio.sleep(delay)
                 writer.write(out)

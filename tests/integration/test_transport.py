@@ -164,3 +164,33 @@ def test_a_dlt645_line_whose_adapter_disappears_is_reopened(pty_pair: PtyPair) -
             await server.stop()
 
     asyncio.run(go())
+
+
+def test_the_simulated_turnaround_delays_every_answer_and_the_transport_waits_it_out() -> None:
+    """`simulate --turnaround`: a meter that answers 150 ms after each request, read over TCP."""
+
+    async def go() -> tuple[float, float]:
+        slow = TcpServer(Slave({1: Registers()}, silent_unknown=False, turnaround=0.15), "127.0.0.1", 0)
+        quick = TcpServer(Slave({1: Registers()}, silent_unknown=False), "127.0.0.1", 0)
+        await slow.start()
+        await quick.start()
+        times = []
+        try:
+            for server in (slow, quick):
+                t = ModbusTransport(Link(kind="tcp", host="127.0.0.1", port=server.port, timeout=1.0))
+                try:
+                    await t.read(1, Function.HOLDING, 0, 4)  # connected
+                    started = time.monotonic()
+                    got = await t.read_plan(1, [(Function.HOLDING, 0, 4), (Function.HOLDING, 0, 2)])
+                    times.append(time.monotonic() - started)
+                    assert all(isinstance(g, bytes) for g in got)
+                finally:
+                    t.close()
+        finally:
+            await slow.stop()
+            await quick.stop()
+        return times[0], times[1]
+
+    slow, quick = asyncio.run(go())
+    assert slow >= 0.3  # two requests, 150 ms each
+    assert quick < slow - 0.2
