@@ -45,6 +45,51 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
+def simulated_site(tmp: Path, meters: int, interval: str, mqtt_port: int) -> tuple[Path, list[subprocess.Popen[str]]]:
+    """A site of ``meters`` simulated SDM630s (32 points) on Modbus TCP, one `simulate` process per 50
+    meters (bus lan<b>, meter ids m<b>-<unit>), the daemon's config for them in ``tmp``."""
+    per_bus = 50
+    buses = (meters + per_bus - 1) // per_bus
+    sims, lines = [], []
+    for b in range(buses):
+        port = free_port()
+        n = min(per_bus, meters - b * per_bus)
+        sims.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "collector.cli",
+                    "simulate",
+                    "--model",
+                    "eastron-sdm630",
+                    "--tcp",
+                    f"127.0.0.1:{port}",
+                    "--ids",
+                    f"1-{n}",
+                ],
+                stdout=subprocess.PIPE,
+                text=True,
+                cwd=ROOT,
+            )
+        )
+        lines.append(f"  - {{name: lan{b}, type: tcp, host: 127.0.0.1, port: {port}, timeout: 1s}}")
+    for s in sims:
+        assert s.stdout is not None and "simulating" in s.stdout.readline()
+    ids = [
+        f"  - {{id: m{b}-{i}, bus: lan{b}, address: {i}, model: eastron-sdm630, interval: {interval}}}"
+        for b in range(buses)
+        for i in range(1, min(per_bus, meters - b * per_bus) + 1)
+    ]
+    cfg = tmp / "site.yaml"
+    cfg.write_text(
+        f"gateway: {{id: bench}}\nstorage: {{path: {tmp / 'buffer.db'}}}\n"
+        f'mqtt: {{url: "mqtt://127.0.0.1:{mqtt_port}"}}\nclock: {{sync_check: none}}\n'
+        "buses:\n" + "\n".join(lines) + "\nmeters:\n" + "\n".join(ids) + "\n"
+    )
+    return cfg, sims
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--meters", type=int, default=200)
@@ -52,48 +97,10 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=30)
     ap.add_argument("--profile", metavar="FILE", help="py-spy the daemon during the window (a flame graph SVG)")
     args = ap.parse_args()
-    per_bus = 50
-    buses = (args.meters + per_bus - 1) // per_bus
     with tempfile.TemporaryDirectory() as tmp:
         t = Path(tmp)
         broker, mqtt_port = start_broker(t)
-        sims, lines = [], []
-        for b in range(buses):
-            port = free_port()
-            n = min(per_bus, args.meters - b * per_bus)
-            sims.append(
-                subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "collector.cli",
-                        "simulate",
-                        "--model",
-                        "eastron-sdm630",
-                        "--tcp",
-                        f"127.0.0.1:{port}",
-                        "--ids",
-                        f"1-{n}",
-                    ],
-                    stdout=subprocess.PIPE,
-                    text=True,
-                    cwd=ROOT,
-                )
-            )
-            lines.append(f"  - {{name: lan{b}, type: tcp, host: 127.0.0.1, port: {port}, timeout: 1s}}")
-        for s in sims:
-            assert s.stdout is not None and "simulating" in s.stdout.readline()
-        meters = [
-            f"  - {{id: m{b}-{i}, bus: lan{b}, address: {i}, model: eastron-sdm630, interval: {args.interval}}}"
-            for b in range(buses)
-            for i in range(1, min(per_bus, args.meters - b * per_bus) + 1)
-        ]
-        cfg = t / "site.yaml"
-        cfg.write_text(
-            f"gateway: {{id: bench}}\nstorage: {{path: {t / 'buffer.db'}}}\n"
-            f'mqtt: {{url: "mqtt://127.0.0.1:{mqtt_port}"}}\nclock: {{sync_check: none}}\n'
-            "buses:\n" + "\n".join(lines) + "\nmeters:\n" + "\n".join(meters) + "\n"
-        )
+        cfg, sims = simulated_site(t, args.meters, args.interval, mqtt_port)
         values = 0
         readings = 0
         lock = threading.Lock()

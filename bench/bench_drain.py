@@ -42,15 +42,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_broker(tmp: Path) -> tuple[subprocess.Popen[bytes], int]:
+def start_broker(tmp: Path, max_inflight: int | None = WINDOW, extra: str = "") -> tuple[subprocess.Popen[bytes], int]:
+    """A Mosquitto of its own on loopback; ``max_inflight``: its max_inflight_messages (None: stock, 20);
+    ``extra``: more lines of its config."""
     exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     port = free_port()
     conf = tmp / "m.conf"
     user = "user root\n" if os.geteuid() == 0 else ""
     # The broker's receive maximum for MQTT 5 clients is max_inflight_messages (default 20).
-    conf.write_text(
-        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_inflight_messages {WINDOW}\n{user}"
-    )
+    inflight = f"max_inflight_messages {max_inflight}\n" if max_inflight is not None else ""
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n{inflight}{extra}{user}")
     proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     for _ in range(200):
         with socket.socket() as s:

@@ -123,7 +123,7 @@ def main() -> None:
         sim.wait()
     med = {k: statistics.median(v) for k, v in runs.items()}
     print(
-        f"Modbus TCP, client CPU per request: the SDM630 plan ({len(PLAN)} requests) x {args.reads} x {args.runs} runs"
+        f"Modbus TCP, client CPU per request, the SDM630 plan ({len(PLAN)} requests): {args.reads} reads x {args.runs}"
     )
     labels = {
         "chained": "ours, read_plan (chained)",
