@@ -61,6 +61,7 @@ from drivers.errors import (
     TransportError,
     cannot_open,
 )
+from drivers.modbus.codec import words
 from drivers.modbus.rtu import crc16
 from drivers.model import Function
 from drivers.serialport import SerialSettings
@@ -116,16 +117,6 @@ class Link:
 
 
 _MBAP = struct.Struct(">HHHB")  #: transaction id, protocol id, length, unit id
-_WORDS: dict[int, struct.Struct] = {}  #: register count -> ">nH"
-
-
-def words(data: bytes) -> list[int]:
-    """Register values from the bytes of a reply (big-endian words)."""
-    n = len(data) // 2
-    unpack = _WORDS.get(n)
-    if unpack is None:
-        unpack = _WORDS[n] = struct.Struct(f">{n}H")
-    return list(unpack.unpack(data))
 
 
 class _Lost(Exception):
@@ -536,11 +527,7 @@ class ModbusTransport:
             if isinstance(end, _Lost):
                 self.close()
                 return NotConnected(f"lost {self.link.describe()}")
-            heard = bytes(self._heard)
-            if heard:
-                why = describe_garbage(self.link.kind, heard, unit, channel.tid.to_bytes(2, "big") + frames[i])
-                return Garbled(f"unit {unit}: unreadable reply ({why}): {preview(heard)}")
-            return NoReply(f"no reply from unit {unit} in {self.link.timeout * 1000:g} ms")
+            return self._unanswered(bytes(self._heard), unit, channel.tid.to_bytes(2, "big") + frames[i])
         except TransportError as exc:
             return exc
         finally:
@@ -588,11 +575,7 @@ class ModbusTransport:
             return self._odd_reply(pdu, bytes(self._heard), unit, function, address, count)
         except TimeoutError:
             outcome = "timeout"
-            heard = bytes(self._heard)
-            if heard:
-                why = describe_garbage(self.link.kind, heard, unit, frame)
-                raise Garbled(f"unit {unit}: unreadable reply ({why}): {preview(heard)}") from None
-            raise NoReply(f"no reply from unit {unit} in {self.link.timeout * 1000:g} ms") from None
+            raise self._unanswered(bytes(self._heard), unit, frame) from None
         except _Lost:
             outcome = "lost"
             self.close()
@@ -603,6 +586,13 @@ class ModbusTransport:
             if trace.ON:
                 self.tracer.heard(bytes(self._heard), last=self._heard_at, outcome=outcome)
             self._heard.clear()
+
+    def _unanswered(self, heard: bytes, unit: int, sent: bytes) -> NoReply:
+        """A request's timeout: Garbled, naming what the bytes heard are, or NoReply when none came."""
+        if heard:
+            why = describe_garbage(self.link.kind, heard, unit, sent)
+            return Garbled(f"unit {unit}: unreadable reply ({why}): {preview(heard)}")
+        return NoReply(f"no reply from unit {unit} in {self.link.timeout * 1000:g} ms")
 
     def _odd_reply(self, pdu: bytes, heard: bytes, unit: int, function: Function, address: int, count: int) -> bytes:
         """Any reply but the plain one asked for, through pymodbus's decoder: an exception, another
@@ -635,10 +625,7 @@ class ModbusTransport:
             heard = bytes(self._heard)
             if self.link.serial_line and self._sent and heard.startswith(self._sent):
                 heard = heard[len(self._sent) :]  # an adapter echoing our own request
-            if heard:
-                why = describe_garbage(self.link.kind, heard, unit, self._sent)
-                raise Garbled(f"unit {unit}: unreadable reply ({why}): {preview(heard)}") from None
-            raise NoReply(f"no reply from unit {unit} in {self.link.timeout * 1000:g} ms") from None
+            raise self._unanswered(heard, unit, self._sent) from None
         except ConnectionException:
             outcome = "lost"
             self.close()
