@@ -1,6 +1,6 @@
 """The daemon under load: values delivered per second, CPU per value, memory.
 
-Run:  .venv/bin/python bench/bench_daemon.py --meters 200 --interval 1s --seconds 30
+Run:  .venv/bin/python bench/bench_daemon.py --meters 200 --interval 1s --seconds 30 [--runs 3]
       .venv/bin/python bench/bench_daemon.py --meters 200 --interval 1m --seconds 180
 
 Simulated SDM630s (32 points each) are served over Modbus TCP by `meter-collector simulate`
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -94,8 +95,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--meters", type=int, default=200)
     ap.add_argument("--interval", default="1s")
-    ap.add_argument("--seconds", type=float, default=30)
-    ap.add_argument("--profile", metavar="FILE", help="py-spy the daemon during the window (a flame graph SVG)")
+    ap.add_argument("--seconds", type=float, default=30, help="length of one measuring window")
+    ap.add_argument("--runs", type=int, default=3, help="windows, one after the other; the median is quoted")
+    ap.add_argument("--profile", metavar="FILE", help="py-spy the daemon during the first window (a flame graph SVG)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         t = Path(tmp)
@@ -146,12 +148,15 @@ def main() -> None:
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
                 )
-            c0, v0, r0, t0 = cpu_seconds(daemon.pid), values, readings, time.monotonic()
             peak = 0.0
-            while time.monotonic() - t0 < args.seconds:
-                time.sleep(1)
-                peak = max(peak, rss_mb(daemon.pid))
-            c1, v1, r1, t1 = cpu_seconds(daemon.pid), values, readings, time.monotonic()
+            windows = []  # (seconds, CPU seconds, values, readings) of each window
+            for _ in range(args.runs):
+                c0, v0, r0, t0 = cpu_seconds(daemon.pid), values, readings, time.monotonic()
+                while time.monotonic() - t0 < args.seconds:
+                    time.sleep(1)
+                    peak = max(peak, rss_mb(daemon.pid))
+                c1, v1, r1, t1 = cpu_seconds(daemon.pid), values, readings, time.monotonic()
+                windows.append((t1 - t0, c1 - c0, v1 - v0, r1 - r0))
             idle_rss = rss_mb(idle.pid)
             if spy is not None:
                 spy.wait(60)
@@ -163,13 +168,17 @@ def main() -> None:
                 s.terminate()
             sub.loop_stop()
             broker.terminate()
-    dt, cpu = t1 - t0, c1 - c0
-    vps = (v1 - v0) / dt
-    print(f"daemon: {args.meters} SDM630 meters x 32 points every {args.interval}, over {dt:.0f} s")
-    print(f"   delivered: {vps:,.0f} values/s ({(r1 - r0) / dt:,.1f} readings/s)")
-    per_cpu = vps * dt / cpu if cpu else float("inf")
-    print(f"   CPU: {100 * cpu / dt:.2f} % of one core; {per_cpu:,.0f} values per CPU second")
+    per_cpu = [v / c if c else float("inf") for _, c, v, _ in windows]
+    median = statistics.median(per_cpu)
+    dt, cpu, v, r = windows[per_cpu.index(sorted(per_cpu)[len(per_cpu) // 2])]  # the median window
+    print(f"daemon: {args.meters} SDM630 meters every {args.interval}, {args.runs} windows of {args.seconds:.0f} s")
+    print(f"   delivered: {v / dt:,.0f} values/s ({r / dt:,.1f} readings/s) in the median window")
+    print(
+        f"   CPU: {100 * cpu / dt:.2f} % of one core; {median:,.0f} values per CPU second (median; "
+        f"windows: {', '.join(f'{x:,.0f}' for x in per_cpu)})"
+    )
     print(f"   RSS: {peak:.1f} MB peak; baseline (interpreter with the daemon's imports, idle) {idle_rss:.1f} MB")
+    print(f"   load average: {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":
