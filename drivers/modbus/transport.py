@@ -161,11 +161,7 @@ class _TcpChannel(asyncio.Protocol):
         self.transport = None
         waiter = self.waiter
         if waiter is not None and not waiter.done():
-            lost = _Lost(str(exc) if exc else "closed by the peer")
-            if self.chained is not None:
-                waiter.set_result(lost)
-            else:
-                waiter.set_exception(lost)
+            waiter.set_result(_Lost(str(exc) if exc else "closed by the peer"))
 
     @property
     def connected(self) -> bool:
@@ -195,8 +191,6 @@ class _TcpChannel(asyncio.Protocol):
                 del buf[:end]
                 if self.chained is not None:
                     self._chained_reply(self.chained, waiter, pdu)
-                else:
-                    waiter.set_result(pdu)
                 return
             del buf[:end]
 
@@ -227,6 +221,8 @@ class _TcpChannel(asyncio.Protocol):
         frame = self.tid.to_bytes(2, "big") + ch.frames[len(ch.results)]
         self.owner.bytes_out += len(frame)
         self.owner._heard.clear()
+        if trace.ON:
+            self.owner.tracer.sent(frame)
         self.buf.clear()
         self.sent += 1
         self.transport.write(frame)
@@ -251,16 +247,11 @@ class _TcpChannel(asyncio.Protocol):
         if len(results) == len(ch.frames):
             waiter.set_result(None)
             return
+        if trace.ON:  # the reply of a request in the middle of the chain (the last one: _chain's)
+            owner = self.owner
+            owner.tracer.heard(bytes(owner._heard), last=owner._heard_at)
         ch.deadline = asyncio.get_running_loop().time() + ch.timeout
         self._send_next(ch)
-
-    def send(self, frame: bytes, tid: int, unit: int) -> asyncio.Future[bytes]:
-        assert self.transport is not None
-        self.buf.clear()
-        self.tid, self.unit = tid, unit
-        waiter = self.waiter = asyncio.get_running_loop().create_future()
-        self.transport.write(frame)
-        return waiter
 
     def close(self) -> None:
         if self.transport is not None:
@@ -444,10 +435,14 @@ class ModbusTransport:
                         raise outcome
                     await self.connect()
                     await self._wait_quiet()
-                    self.requests += 1
-                    if self._channel is not None:
-                        return await self._tcp_once(unit, function, address, count)
-                    return await self._once(unit, function, address, count)
+                    if self._channel is None:
+                        self.requests += 1  # a chain counts what it sends itself
+                        return await self._once(unit, function, address, count)
+                    one: list[bytes | TransportError] = []
+                    failed = await self._chain(unit, [(function, address, count)], one)
+                    if failed is not None:
+                        raise failed
+                    return one[0]  # type: ignore[return-value]  # a reply's bytes (an error is raised)
                 except NoReply as exc:
                     self.timeouts += 1
                     if isinstance(exc, Garbled):
@@ -478,7 +473,7 @@ class ModbusTransport:
         that read goes on as one whose first attempt ended so."""
         results: list[bytes | TransportError] = []
         tried: TransportError | None = None
-        if self.link.kind == "tcp" and not self.link.pause and not trace.ON and reads:
+        if self.link.kind == "tcp" and not self.link.pause and reads:
             async with self._lock:
                 try:
                     await self.connect()
@@ -504,9 +499,12 @@ class ModbusTransport:
         assert channel is not None
         frames = [self._frame(unit, function, address, count) for function, address, count in reads]
         expect = [(function.code, 2 * count) for function, _, count in reads]
+        if trace.ON and self._heard:  # bytes since the last transaction ended: a late reply, noise
+            self.tracer.stray(bytes(self._heard))
         self._heard.clear()
         sent_before = channel.sent
         waiter = channel.chain(frames, expect, unit, self._tid, self.link.timeout, results)
+        end: Any = "interrupted"  # for the trace, if the wait is cancelled
         try:
             end = await waiter
         finally:
@@ -516,22 +514,26 @@ class ModbusTransport:
                 channel.chained.timer.cancel()
             channel.waiter = None
             channel.chained = None
+            # what came since the request out last was sent (a plain chain's end needs it only for a trace)
+            heard = bytes(self._heard) if end is not None or trace.ON else b""
+            self._heard.clear()
+            if trace.ON:  # how that transaction ended
+                outcome = {TimeoutError: "timeout", _Lost: "lost", str: end}.get(type(end), "")
+                self.tracer.heard(heard, last=self._heard_at, outcome=outcome)
         if end is None:
             return None
         i = len(results)
         function, address, count = reads[i]
         try:
             if isinstance(end, bytes):  # a reply, but not the plain one: an exception, another function ...
-                results.append(self._odd_reply(end, bytes(self._heard), unit, function, address, count))
+                results.append(self._odd_reply(end, heard, unit, function, address, count))
                 return None
-            if isinstance(end, _Lost):
-                self.close()
-                return NotConnected(f"lost {self.link.describe()}")
-            return self._unanswered(bytes(self._heard), unit, channel.tid.to_bytes(2, "big") + frames[i])
         except TransportError as exc:
             return exc
-        finally:
-            self._heard.clear()
+        if isinstance(end, _Lost):
+            self.close()
+            return NotConnected(f"lost {self.link.describe()}")
+        return self._unanswered(heard, unit, channel.tid.to_bytes(2, "big") + frames[i])
 
     def _drain(self) -> None:
         if self.link.serial_line:
@@ -552,40 +554,6 @@ class ModbusTransport:
             pdu = cls(address=address, count=count, dev_id=unit)
             frame = self._frames[key] = FramerSocket(self._decoder).buildFrame(pdu)[2:]
         return frame
-
-    async def _tcp_once(self, unit: int, function: Function, address: int, count: int) -> bytes:
-        channel = self._channel
-        assert channel is not None
-        if trace.ON and self._heard:
-            self.tracer.stray(bytes(self._heard))
-        self._heard.clear()
-        self._tid = tid = self._tid % 0xFFFF + 1
-        frame = tid.to_bytes(2, "big") + self._frame(unit, function, address, count)
-        self._trace(True, frame)
-        outcome = "interrupted"
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        waiter = channel.send(frame, tid, unit)
-        timer = loop.call_at(started + self.link.timeout, _expire, waiter)
-        try:
-            pdu = await waiter
-            outcome = ""
-            if pdu[0] == function.code and len(pdu) == 2 + 2 * count and pdu[1] == 2 * count:
-                return pdu[2:]  # the reply asked for: the common case, decoded by the caller in one go
-            return self._odd_reply(pdu, bytes(self._heard), unit, function, address, count)
-        except TimeoutError:
-            outcome = "timeout"
-            raise self._unanswered(bytes(self._heard), unit, frame) from None
-        except _Lost:
-            outcome = "lost"
-            self.close()
-            raise NotConnected(f"lost {self.link.describe()}") from None
-        finally:
-            timer.cancel()
-            channel.waiter = None
-            if trace.ON:
-                self.tracer.heard(bytes(self._heard), last=self._heard_at, outcome=outcome)
-            self._heard.clear()
 
     def _unanswered(self, heard: bytes, unit: int, sent: bytes) -> NoReply:
         """A request's timeout: Garbled, naming what the bytes heard are, or NoReply when none came."""
@@ -656,11 +624,6 @@ class ModbusTransport:
         if len(registers) != count:
             raise BadReply(f"unit {unit}: asked {count} registers at {address}, reply has {len(registers)}")
         return registers
-
-
-def _expire(waiter: asyncio.Future[bytes]) -> None:
-    if not waiter.done():
-        waiter.set_exception(TimeoutError())
 
 
 def _bytes(registers: list[int]) -> bytes:
