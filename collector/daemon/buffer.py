@@ -30,7 +30,7 @@ import os
 import sqlite3
 import struct
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -632,7 +632,7 @@ class Buffer:
         except OSError:
             return 0
 
-    def enforce_retention(self, now: float | None = None) -> list[Row]:
+    def enforce_retention(self, now: float | None = None, keep: Collection[int] = ()) -> list[Row]:
         """Drop what is older than max_age, then the oldest while the data exceeds max_size.
 
         What is dropped is named, seq by seq, by one ``data_dropped`` event stored in the same
@@ -640,15 +640,23 @@ class Buffer:
         waiting by one that covers their ranges, their own seqs and the new drops, so every seq
         the platform never receives is named by a report that is still on its way. Returns that
         report's row. Dropped pages go back to the file system (incremental vacuum).
+
+        ``keep``: seqs the MQTT side holds (in flight, acknowledged and not yet deleted). They are
+        neither dropped nor folded into the new report: the platform may have them already, and a
+        seq it received must never be named as lost. Nor is a dropped row MQTT had delivered (one
+        still waiting for the data centre) named to the platform.
         """
         now = time.time() if now is None else now
         cutoff = int((now - self.max_age) * 1000)
         dropped: list[tuple[int, int]] = []
         reason = ""
         first = self.conn.execute(f"SELECT ts FROM outbox WHERE {self._DROPPABLE} ORDER BY seq LIMIT 1").fetchone()
-        while first is not None and first[0] < cutoff and (aged := self._drop_oldest(5000, cutoff)):
+        while first is not None and first[0] < cutoff:
+            gone, aged = self._drop_oldest(5000, cutoff, keep)
+            if not gone:
+                break
             dropped += aged
-            reason = "max_age"
+            reason = reason or "max_age"
         if self.used_bytes() > self.max_size and self._wal_bytes():
             self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         while (excess := self.used_bytes() - self.max_size) > 0:
@@ -656,37 +664,41 @@ class Buffer:
             if count == 0:
                 break
             n = max(100, min(count, excess // max(1, self.used_bytes() // count) + 1))
-            sized = self._drop_oldest(n, None)
-            if not sized:
-                break  # only drop reports are left
+            gone, sized = self._drop_oldest(n, None, keep)
+            if not gone:
+                break  # only drop reports (and what MQTT holds) are left
             dropped += sized
             reason = "max_size"
             self._vacuum()
-        if not dropped:
+        if not reason:
             return []
-        out = self._report_drop(reason, dropped)
+        out = self._report_drop(reason, dropped, keep) if dropped else []
         self._vacuum()
         return out
 
     _DROPPABLE = f"NOT (kind = {KIND_EVENT} AND quality = {EVENT_KEPT})"
 
-    def _drop_oldest(self, n: int, older_than_ms: int | None) -> list[tuple[int, int]]:
-        """Delete up to n oldest rows (drop reports excepted; only those before the first row not
-        older than the cutoff, if one is given); the seq ranges deleted."""
+    def _drop_oldest(
+        self, n: int, older_than_ms: int | None, keep: Collection[int]
+    ) -> tuple[int, list[tuple[int, int]]]:
+        """Delete up to n oldest rows (drop reports and ``keep`` excepted; only those before the
+        first row not older than the cutoff, if one is given): how many were deleted, and the seq
+        ranges of those the platform had not received."""
         with self._tx():
             rows = self.conn.execute(
-                f"SELECT seq, ts FROM outbox WHERE {self._DROPPABLE} ORDER BY seq LIMIT ?", (n,)
+                f"SELECT seq, ts, pending FROM outbox WHERE {self._DROPPABLE} ORDER BY seq LIMIT ?", (n + len(keep),)
             ).fetchall()
             if older_than_ms is not None:
-                keep = next((i for i, (_, ts) in enumerate(rows) if ts >= older_than_ms), len(rows))
-                rows = rows[:keep]
-            if not rows:
-                return []
-            first, last = rows[0][0], rows[-1][0]
-            self.conn.execute(f"DELETE FROM outbox WHERE seq BETWEEN ? AND ? AND {self._DROPPABLE}", (first, last))
-        return _ranges([r[0] for r in rows])
+                young = next((i for i, (_, ts, _) in enumerate(rows) if ts >= older_than_ms), len(rows))
+                rows = rows[:young]
+            rows = [r for r in rows if r[0] not in keep][:n]
+            self.conn.executemany(
+                f"DELETE FROM outbox WHERE seq BETWEEN ? AND ? AND {self._DROPPABLE}", _ranges([r[0] for r in rows])
+            )
+        unsent = [r[0] for r in rows if r[2] & MQTT] if self.northbounds & MQTT else [r[0] for r in rows]
+        return len(rows), _ranges(unsent)
 
-    def _report_drop(self, reason: str, dropped: list[tuple[int, int]]) -> list[Row]:
+    def _report_drop(self, reason: str, dropped: list[tuple[int, int]], keep: Collection[int]) -> list[Row]:
         count = sum(b - a + 1 for a, b in dropped)
         total = self._state("dropped_total", 0) + count
         with self._tx():
@@ -695,6 +707,7 @@ class Buffer:
         earlier = self.conn.execute(
             f"SELECT seq, extra FROM outbox WHERE kind = {KIND_EVENT} AND quality = {EVENT_KEPT} ORDER BY seq"
         ).fetchall()
+        earlier = [(seq, extra) for seq, extra in earlier if seq not in keep]  # on its way: it names its own
         spans = list(dropped)
         for seq, extra in earlier:
             old = json.loads(extra)
@@ -826,8 +839,8 @@ class AsyncBuffer:
     async def ledger(self) -> list[tuple[str, str, dict[str, Any]]]:
         return await self._call(self._buffer.ledger)
 
-    async def enforce_retention(self) -> list[Row]:
-        return await self._call(self._buffer.enforce_retention)
+    async def enforce_retention(self, keep: Collection[int] = ()) -> list[Row]:
+        return await self._call(self._buffer.enforce_retention, keep=keep)
 
     async def stats(self) -> dict[str, Any]:
         return await self._call(self._buffer.stats)

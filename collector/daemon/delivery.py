@@ -26,11 +26,12 @@ from another thread.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import collections
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -91,6 +92,17 @@ class Feed:
 
     def clear_fresh(self) -> None:
         self._fresh.clear()
+
+    def forget(self, ranges: list[list[int]]) -> None:
+        """Rows retention deleted (sorted, merged seq ranges) are not sent from what was read ahead."""
+        starts = [a for a, _ in ranges]
+
+        def kept(row: Row) -> bool:
+            i = bisect.bisect_right(starts, row.seq) - 1
+            return i < 0 or row.seq > ranges[i][1]
+
+        self._backlog = collections.deque(filter(kept, self._backlog))
+        self._fresh = collections.deque(filter(kept, self._fresh))
 
     def rewind(self) -> None:
         """Read the buffer again from its oldest row."""
@@ -250,6 +262,7 @@ class DeliveryWindow:
         self._acked = AckedRows(buffer)
         self._refused = Refusals(reject_retry)
         self._feed = Feed(buffer, self._skip)
+        self._gate = asyncio.Lock()  #: held by the pump while it sends, and by retention while it drops
 
     @property
     def inflight(self) -> int:
@@ -296,7 +309,8 @@ class DeliveryWindow:
             await self._wake.wait()
             self._wake.clear()
             self.take_acks()
-            await self._fill()
+            async with self._gate:
+                await self._fill()
 
     def peer_limit(self, receive_maximum: int | None) -> None:
         """The broker's Receive Maximum (MQTT 5 CONNACK): more unacknowledged messages than it says
@@ -344,6 +358,20 @@ class DeliveryWindow:
             else:
                 self.stats.acked += 1
                 self._acked.add(seq)
+
+    async def around_retention(self, enforce: Callable[[set[int]], Awaitable[list[Row]]]) -> list[Row]:
+        """Run a retention pass (``enforce``, given the seqs not to drop) without a race with the
+        pump: nothing is sent while it runs, what is in flight or acknowledged is kept, and the
+        rows it dropped are forgotten from what was read ahead, so no seq the platform receives
+        is also named as dropped."""
+        async with self._gate:
+            self.take_acks()
+            await self._acked.flush()  # what was acknowledged leaves as delivered, not as dropped
+            rows = await enforce(self._inflight_seqs | self._acked.seqs)
+            for row in rows:
+                if row.extra is not None and "ranges" in row.extra:
+                    self._feed.forget(row.extra["ranges"])
+        return rows
 
     async def flush_loop(self) -> None:
         """Delete what was acknowledged; send refused rows again when their delay is over."""

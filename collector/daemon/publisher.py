@@ -31,7 +31,7 @@ import random
 import socket
 import ssl
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
@@ -589,6 +589,10 @@ class Publisher:
         """Delete acknowledged rows (a failed delete is tried again with the next flush)."""
         await self.delivery.flush_acks()
 
+    async def around_retention(self, enforce: Callable[[set[int]], Awaitable[list[Row]]]) -> list[Row]:
+        """A retention pass that drops nothing in flight or acknowledged (delivery.py)."""
+        return await self.delivery.around_retention(enforce)
+
     async def drain(self, timeout: float) -> None:
         """Give in-flight and buffered rows up to ``timeout`` seconds to be acknowledged."""
         await self.delivery.drain(timeout)
@@ -646,6 +650,9 @@ class NoPublisher:
 
     async def flush_acks(self) -> None:
         pass
+
+    async def around_retention(self, enforce: Callable[[set[int]], Awaitable[list[Row]]]) -> list[Row]:
+        return await enforce(set())
 
     async def drain(self, timeout: float) -> None:
         pass

@@ -250,7 +250,7 @@ class Daemon:
         failed = ""
         while True:
             try:
-                rows = await self.buffer.enforce_retention()
+                rows = await self.publisher.around_retention(self.buffer.enforce_retention)
             except (sqlite3.Error, OSError) as exc:
                 if str(exc) != failed:
                     log.error("buffer retention failed: %s; trying again in %.0f s", exc, RETENTION_PERIOD)

@@ -10,7 +10,7 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from collector.daemon.buffer import Buffer, CorruptBuffer, _salvage
+from collector.daemon.buffer import DATACENTER, MQTT, Buffer, CorruptBuffer, _salvage
 from collector.daemon.records import KIND_EVENT, Event, Record
 
 NOW = datetime(2026, 11, 27, 8, 0, tzinfo=UTC)
@@ -145,6 +145,20 @@ def test_delivered_rows_between_drops_are_not_named(tmp_path: Path) -> None:
     events = b.enforce_retention(now=NOW.timestamp())  # report 20 replaces 11
     assert events[0].extra is not None and events[0].extra["ranges"] == [[1, 11], [17, 19]]
     assert [r.seq for r in b.rows()] == [20]
+
+
+def test_retention_keeps_what_mqtt_holds_and_names_only_what_the_platform_lacks(tmp_path: Path) -> None:
+    b = Buffer(tmp_path / "b.db", max_age=3600, northbounds=MQTT | DATACENTER)
+    b.append([rec(age=timedelta(hours=2)) for _ in range(10)])  # 1..10
+    b.done([2, 3], MQTT)  # the platform has them; they wait for the data centre
+    events = b.enforce_retention(now=NOW.timestamp(), keep={5, 6})  # in flight
+    assert events[0].extra is not None and events[0].extra["ranges"] == [[1, 1], [4, 4], [7, 10]]
+    assert events[0].extra["count"] == 6
+    assert [r.seq for r in b.rows()] == [5, 6, 11]
+    b.append([rec(age=timedelta(hours=2))])  # 12
+    events = b.enforce_retention(now=NOW.timestamp(), keep={5, 6, 11})  # report 11 on its way: not folded
+    assert events[0].extra is not None and events[0].extra["ranges"] == [[12, 12]]
+    assert [r.seq for r in b.rows()] == [5, 6, 11, 13]
 
 
 def test_a_failed_commit_leaves_the_buffer_usable(tmp_path: Path) -> None:

@@ -37,7 +37,7 @@ class Recorder:
     def send(self, topic: str, payload: bytes) -> int:
         body = json.loads(payload)
         self._mid += 1
-        self.sent.append((body["seq"], body["meter"]))
+        self.sent.append((body["seq"], body.get("meter", body.get("event"))))
         self.unacked[self._mid] = body["seq"]
         self.peak = max(self.peak, len(self.unacked))
         return self._mid
@@ -216,3 +216,27 @@ def test_a_delete_that_fails_is_tried_again_and_its_rows_are_not_sent_again(
     said = [r.getMessage() for r in caplog.records]
     assert sum("cannot delete 5 acknowledged row(s)" in m for m in said) == 1, said  # once per episode
     assert said[-1] == "acknowledged rows are deleted from the buffer again"
+
+
+def test_retention_drops_nothing_on_its_way_and_nothing_it_dropped_is_sent(tmp_path: Path) -> None:
+    """A retention pass while the window drains: what is in flight stays, what was acknowledged
+    leaves as delivered, and the rows read ahead that retention dropped are not sent after it."""
+
+    async def go() -> None:
+        raw = Buffer(tmp_path / "buf.db", max_age=3600)  # every row of rec() is days old
+        raw.append([rec("old", i) for i in range(100)])
+        buf = AsyncBuffer(raw)
+        async with running(buf, 10) as (window, link):
+            await wait_until_async(lambda: len(link.sent) == 10, 10, "a full window")
+            link.ack(window, only=set(range(1, 6)))
+            await wait_until_async(lambda: len(link.sent) == 15, 10, "the window refilled")
+            rows = await window.around_retention(buf.enforce_retention)
+            assert len(rows) == 1 and rows[0].extra is not None
+            assert rows[0].extra["ranges"] == [[16, 100]]
+            window.offer(rows)
+            await ack_all(window, link, 16)
+            await window.drain(10)
+            assert await buf.depth() == 0
+        assert link.seqs() == [*range(1, 16), 101]
+
+    asyncio.run(go())
