@@ -51,6 +51,12 @@ class MeterReader(Protocol):
     @property
     def timeouts(self) -> int: ...
 
+    @property
+    def garbled(self) -> int:
+        """Timed-out attempts that heard bytes but no reply: noise, a wrong baud rate or parity, a reply
+        cut short, another master on the line (counted among the timeouts too)."""
+        ...
+
     async def read_meter(
         self, address: int | str, model: Model, names: list[str], *, retries: int | None = None
     ) -> DeviceRead: ...

@@ -42,6 +42,7 @@ class SerialLine:
         self._lock = asyncio.Lock()
         self._quiet_until = 0.0
         self.requests = self.timeouts = self.bytes_in = self.bytes_out = 0
+        self.garbled = 0  #: timed-out attempts that heard bytes, other than the echo of the request
         self.tracer = trace.Tracer(name or settings.device)  #: frame traces, named after the bus
         self._heard = bytearray()  # while tracing: the bytes received since the last trace line
         self._heard_at = 0.0
@@ -93,6 +94,7 @@ class SerialLine:
                     self.close()
                     raise NotConnected(f"lost {self.settings.describe()}") from None
                 self.bytes_out += len(frame)
+                heard_from = self.bytes_in
                 if trace.ON:
                     self.tracer.sent(frame)
                 deadline = time.monotonic() + self.timeout + len(frame) * self.settings.char_time
@@ -119,6 +121,8 @@ class SerialLine:
                         self.tracer.heard(bytes(self._heard), last=self._heard_at, outcome=outcome)
                         self._heard.clear()
                 self.timeouts += 1
+                if self.bytes_in - heard_from not in (0, len(frame)):  # an adapter's echo alone is not noise
+                    self.garbled += 1
                 self._quiet_until = max(self._quiet_until, time.monotonic() + self.drain)
                 if attempt + 1 == attempts:
                     raise NoReply(f"no reply in {self.timeout * 1000:g} ms")
@@ -138,6 +142,10 @@ class LineReader:
     @property
     def timeouts(self) -> int:
         return self.line.timeouts
+
+    @property
+    def garbled(self) -> int:
+        return self.line.garbled
 
     def close(self) -> None:
         self.line.close()

@@ -251,7 +251,7 @@ class BusWorker:
         if ask.done.cancelled():
             return  # the asker went away while it waited
         self.started_at = time.monotonic()
-        before_requests, before_timeouts = self.reader.requests, self.reader.timeouts
+        before = self._counts()
         try:
             reading = await read_meter(self.reader, ask.meter, wanted(ask.meter, ask.with_hidden))
         except Exception as exc:
@@ -261,23 +261,31 @@ class BusWorker:
             if not ask.done.done():
                 ask.done.set_result(reading)
         finally:
-            self.bus_health.transactions += self.reader.requests - before_requests
-            self.bus_health.timeouts += self.reader.timeouts - before_timeouts
+            self._add_counts(before)
             self.bus_health.busy_s += time.monotonic() - self.started_at
             self.started_at = None
+
+    def _counts(self) -> tuple[int, int, int]:
+        return self.reader.requests, self.reader.timeouts, self.reader.garbled
+
+    def _add_counts(self, before: tuple[int, int, int]) -> None:
+        """What the reader counted since ``before`` goes into the bus's health."""
+        requests, timeouts, garbled = self._counts()
+        self.bus_health.transactions += requests - before[0]
+        self.bus_health.timeouts += timeouts - before[1]
+        self.bus_health.garbled += garbled - before[2]
 
     async def poll(self, meter: Meter, slot: datetime) -> None:
         backoff = self.backoff[meter.id]
         mh = self.health.meter(meter.id)
-        before_requests, before_timeouts = self.reader.requests, self.reader.timeouts
+        before = self._counts()
         ts = datetime.now(UTC)
         result = await self.reader.read_meter(
             meter.address, meter.model, list(meter.points), retries=0 if backoff.failures else None
         )
         self.note_port(result.failure)
         reading = calibrate(meter, result, slot, ts)
-        self.bus_health.transactions += self.reader.requests - before_requests
-        self.bus_health.timeouts += self.reader.timeouts - before_timeouts
+        self._add_counts(before)
         mh.polls += 1
         discovered = reading.model if reading.model is not meter.model else None
         if discovered is not None and self.on_model is not None and self.announced.get(meter.id) is not discovered:

@@ -36,6 +36,7 @@ class MeterHealth:
 class BusHealth:
     transactions: int = 0
     timeouts: int = 0
+    garbled: int = 0  #: of the timeouts, those that heard bytes but no reply (noise, baud rate, a second master)
     busy_s: float = 0.0
 
 
@@ -78,7 +79,12 @@ class Health:
             },
             "mqtt": publisher,
             "buses": {
-                name: {"transactions": b.transactions, "timeouts": b.timeouts, "busy_s": round(b.busy_s, 3)}
+                name: {
+                    "transactions": b.transactions,
+                    "timeouts": b.timeouts,
+                    "garbled": b.garbled,
+                    "busy_s": round(b.busy_s, 3),
+                }
                 for name, b in self.buses.items()
             },
             "meters": {

@@ -350,6 +350,11 @@ class DaemonMetrics(Collector):
         b = ["bus"]
         transactions = CounterMetricFamily(f"{PREFIX}_bus_transactions", "requests sent on the bus", labels=b)
         timeouts = CounterMetricFamily(f"{PREFIX}_bus_timeouts", "requests that got no reply in time", labels=b)
+        garbled = CounterMetricFamily(
+            f"{PREFIX}_bus_garbled",
+            "timeouts that heard bytes but no reply (noise, baud rate, a second master)",
+            labels=b,
+        )
         failed = CounterMetricFamily(
             f"{PREFIX}_bus_failed_polls", "polls on the bus a meter did not answer (its meters' failures)", labels=b
         )
@@ -358,9 +363,10 @@ class DaemonMetrics(Collector):
             h = d.health.buses.get(name) or BusHealth()
             transactions.add_metric([name], h.transactions)
             timeouts.add_metric([name], h.timeouts)
+            garbled.add_metric([name], h.garbled)
             failed.add_metric([name], sum(d.health.meter(m).failed for m in d.workers[name].meters))
             busy.add_metric([name], h.busy_s)
-        yield from (transactions, timeouts, failed, busy)
+        yield from (transactions, timeouts, garbled, failed, busy)
 
 
 def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
@@ -654,11 +660,13 @@ def _buses(d: Daemon) -> str:
         failed = sum(d.health.meter(m).failed for m in w.meters)
         rows.append(
             f"<tr><th>{esc(name)}</th><td>{esc(w.bus.describe())}</td><td class='num'>{h.transactions}</td>"
-            f"<td class='num'>{h.timeouts}</td><td class='num'>{failed}</td><td class='num'>{h.busy_s:.1f}</td></tr>"
+            f"<td class='num'>{h.timeouts}</td><td class='num'>{h.garbled}</td><td class='num'>{failed}</td>"
+            f"<td class='num'>{h.busy_s:.1f}</td></tr>"
         )
     return (
         '<section class="buses"><h2>Buses</h2><table><tr><th>bus</th><th>line</th><th>requests</th>'
-        f"<th>timeouts</th><th>failed polls</th><th>busy s</th></tr>{''.join(rows)}</table></section>"
+        f"<th>timeouts</th><th title='timeouts that heard bytes but no reply'>garbled</th><th>failed polls</th>"
+        f"<th>busy s</th></tr>{''.join(rows)}</table></section>"
     )
 
 

@@ -24,6 +24,10 @@ class ModbusReader:
     def timeouts(self) -> int:
         return self.transport.timeouts
 
+    @property
+    def garbled(self) -> int:
+        return self.transport.garbled
+
     def close(self) -> None:
         self.transport.close()
 

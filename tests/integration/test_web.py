@@ -171,6 +171,7 @@ def test_metrics_parse_and_name_every_meter_bus_and_the_buffer(site: Site) -> No
     ]
     assert value("meter_collector_bus_transactions_total", bus="lan") > 0
     assert value("meter_collector_bus_timeouts_total", bus="dark") > 0
+    assert value("meter_collector_bus_garbled_total", bus="dark") == 0  # silence is not noise
     assert value("meter_collector_bus_failed_polls_total", bus="dark") > 0
     assert value("meter_collector_bus_failed_polls_total", bus="lan") == 0
     # Prometheus naming: counters end in _total, durations are in seconds.

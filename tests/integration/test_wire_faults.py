@@ -232,6 +232,40 @@ def test_read_names_a_garbled_reply_without_a_traceback(kind: str, tmp_path: Pat
     assert table.stdout.count("unreadable reply") == 1
 
 
+def test_the_bus_health_counts_garbled_replies_apart_from_silence(tmp_path: Path) -> None:
+    from collector.config import load_config
+    from collector.daemon.bus import BusWorker
+    from collector.daemon.health import Health
+
+    def answer(tid: int, unit: int, fc: int, address: int, count: int) -> bytes | None:
+        if unit == 1:
+            return GARBLED["garbage"][0](tid, unit, fc, address, count)
+        return b"" if unit == 3 else good(tid, unit, fc, address, count)  # unit 3 stays silent
+
+    with RawPeer(answer) as peer:
+        path = two_meters(tmp_path, peer.port)
+        path.write_text(
+            path.read_text() + "  - {id: mute, bus: lan, address: 3, model: eastron-sdm120, points: [voltage_l1]}\n"
+        )
+        config = load_config(path, check_files=False)
+        health = Health(emit=lambda e: None)
+        readings: list[Reading] = []
+        worker = BusWorker(config.buses["lan"], list(config.meters), readings.append, health)
+
+        async def go() -> None:
+            slot = datetime.now(UTC).replace(microsecond=0)
+            try:
+                for m in config.meters:
+                    await worker.poll(m, slot)
+            finally:
+                worker.reader.close()
+
+        asyncio.run(go())
+    bus = health.payload({}, None)["buses"]["lan"]
+    assert [r.quality for r in readings] == ["bad", "good", "bad"]
+    assert bus["garbled"] == 1 and bus["timeouts"] == 2  # the noisy meter's reply, and the mute one's silence
+
+
 # 3. a SunSpec scale factor out of range
 
 
@@ -462,7 +496,63 @@ def test_a_port_that_cannot_be_opened_is_logged_once_per_bus_until_it_is_back(
     assert [r.quality for r in readings[-3:]] == ["good"] * 3
 
 
-# 7. a closed stdout pipe
+# 7. a DL/T 645 line: noise is counted apart from silence and from an adapter's echo
+
+
+@pytest.mark.parametrize(
+    ("peer", "garbled"),
+    [("silent", 0), ("echo", 0), ("bad-checksum", 1), ("cut-short", 1)],
+)
+def test_a_dlt645_line_counts_noise_apart_from_silence_and_echo(pty_pair: PtyPair, peer: str, garbled: int) -> None:
+    import os
+    import select
+
+    from drivers import registry
+    from drivers.dlt645 import frame
+    from drivers.dlt645.device import Dlt645Reader
+    from drivers.serialline import SerialLine
+
+    address = "000000000042"
+    reply = frame.build(address, 0x91, bytes.fromhex("00000100") + bytes.fromhex("07215301"))
+    answers: dict[str, Callable[[bytes], bytes]] = {
+        "silent": lambda request: b"",
+        "echo": lambda request: request,  # a half-duplex adapter hears itself
+        "bad-checksum": lambda request: reply[:-2] + bytes([(reply[-2] + 1) & 0xFF, 0x16]),
+        "cut-short": lambda request: reply[: len(reply) // 2],
+    }
+    fd = os.open(pty_pair.a, os.O_RDWR | os.O_NOCTTY)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            if select.select([fd], [], [], 0.05)[0]:
+                request = os.read(fd, 256)
+                os.write(fd, answers[peer](request))
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    line = SerialLine(SerialSettings(pty_pair.b, 2400, parity="N"), timeout=0.3, retries=0)
+    reader = Dlt645Reader(line)
+
+    async def go() -> None:
+        try:
+            r = await reader.read_meter(address, registry.load("dlt645-2007"), ["energy_import"])
+            assert r.failure is not None and not r.values
+        finally:
+            reader.close()
+
+    try:
+        asyncio.run(go())
+    finally:
+        stop.set()
+        server.join(5)
+        os.close(fd)
+    assert line.timeouts >= 1
+    assert (reader.garbled > 0) == bool(garbled), (peer, line.garbled, line.timeouts)
+    assert reader.garbled in (0, line.timeouts)
+
+
+# 8. a closed stdout pipe
 
 
 def test_models_list_into_a_closed_pipe_ends_quietly() -> None:
