@@ -121,7 +121,7 @@ def main() -> None:
         sub.connect("127.0.0.1", mqtt_port)
         sub.loop_start()
         idle = subprocess.Popen(
-            [sys.executable, "-c", "import collector.daemon, collector.cli, time; time.sleep(3600)"], cwd=ROOT
+            [sys.executable, "-c", "import collector.cli, collector.daemon.service, time; time.sleep(3600)"], cwd=ROOT
         )
         daemon = subprocess.Popen(
             [sys.executable, "-m", "collector.cli", "run", "-c", str(cfg)],

@@ -35,7 +35,7 @@ from drivers.quantities import Nature
 MEASURED, ESTIMATED, OUTAGE = "measured", "estimated", "outage"
 
 
-@dataclass
+@dataclass(slots=True)
 class PointState:
     """What is remembered about one counter of one meter (JSON in the ledger table)."""
 

@@ -32,7 +32,6 @@ from collector.daemon.bus import BusWorker, per_bus
 from collector.daemon.calibration import Reading
 from collector.daemon.control import Control, ControlSocket, socket_path
 from collector.daemon.counters import Ledger
-from collector.daemon.datacenter import Uplink
 from collector.daemon.health import Health
 from collector.daemon.publisher import NoPublisher, Publisher
 from collector.daemon.records import Event
@@ -44,6 +43,7 @@ from drivers.model import Model
 from drivers.source import ProblemsError
 
 if TYPE_CHECKING:
+    from collector.daemon.datacenter import Uplink
     from collector.daemon.web import WebFace
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ class Daemon:
         self._last_status = ""
         self.discovered: dict[str, Any] = {}  #: meter id -> model found by discovery (SunSpec)
         self.absent: dict[str, dict[str, str]] = {}  #: meter id -> points it said it does not have
-        self.latest: dict[str, Reading] = {}  #: meter id -> its last poll's reading (for the status page)
+        self.latest: dict[str, Reading] = {}  #: meter id -> its last poll's reading (with web: only)
         self.topics = payloads.Topics(mqtt.topic_prefix if mqtt else "meters", config.gateway.id)
         self.publisher: Publisher | NoPublisher = NoPublisher()
         if mqtt is not None:
@@ -85,6 +85,10 @@ class Daemon:
         #: the data centre (docs/datacenter.md), when the config has datacenter: (reads its keys now)
         self.uplink: Uplink | None = None
         if config.datacenter is not None:
+            # Imported only here: the uplink brings cryptography and xml.etree, 7 MB of RSS a gateway
+            # without a data centre does not need (docs/benchmarks.md).
+            from collector.daemon.datacenter import Uplink
+
             self.uplink = Uplink(
                 config.datacenter, config, buffer, self.read_now, lambda rs: readout.continued(config, rs)
             )
@@ -217,7 +221,8 @@ class Daemon:
     def _reading(self, r: Reading) -> None:
         """A poll's reading to the writer; ``meta`` again when the points the meter lacks change
         (learned from its first complete answer, so the platform knows they will not come)."""
-        self.latest[r.meter] = r
+        if self.web is not None:  # the status page's alone: 14 kB a meter kept for nothing otherwise
+            self.latest[r.meter] = r
         if r.failure is None and self.absent.get(r.meter, {}).keys() != r.absent.keys():
             self.absent[r.meter] = dict(r.absent)
             self._meta(self.config.meter(r.meter))
