@@ -55,6 +55,8 @@ Table = dict[str, tuple[float, PointCalibration | None] | None]
 #: published as the meter reports them; the config is immutable, so this is worked out once per meter
 #: and model (SunSpec: per discovered model)
 _TABLES: dict[tuple[int, int], tuple[Meter, Model, Table, frozenset[str]]] = {}
+#: one copy of each distinct table: the meters of one model and calibration share it (200 alike: 1.5 MB)
+_SHARED: dict[tuple[object, ...], tuple[Table, frozenset[str]]] = {}
 
 
 def _table(meter: Meter, model: Model) -> tuple[Table, frozenset[str]]:
@@ -71,6 +73,8 @@ def _table(meter: Meter, model: Model) -> tuple[Table, frozenset[str]]:
         plain = frozenset(name for name, how in table.items() if how is not None and how == (1.0, None))
         if len(_TABLES) > 4096:  # reloads replace meters: forget the old ones
             _TABLES.clear()
+            _SHARED.clear()
+        table, plain = _SHARED.setdefault((id(model), *table.items()), (table, plain))
         entry = _TABLES[key] = (meter, model, table, plain)
     return entry[2], entry[3]
 

@@ -58,3 +58,13 @@ def test_quality_partial_and_bad() -> None:
     assert calibrate(meter(), partial, NOW, NOW).quality == "partial"
     dead = DeviceRead(errors={"voltage_l1": "no reply"}, failure=NoReply("no reply"))
     assert calibrate(meter(), dead, NOW, NOW).quality == "bad"
+
+
+def test_meters_of_one_model_and_calibration_share_one_table_and_others_keep_theirs() -> None:
+    from collector.daemon.calibration import _table
+
+    a, b, c = meter(ct_ratio=40), meter(ct_ratio=40), meter(ct_ratio=50)
+    assert _table(a, a.model)[0] is _table(b, b.model)[0]
+    assert _table(c, c.model)[0] is not _table(a, a.model)[0]
+    assert calibrate(b, read(current_l1=2.5), NOW, NOW).values == {"current_l1": 100.0}
+    assert calibrate(c, read(current_l1=2.5), NOW, NOW).values == {"current_l1": 125.0}
