@@ -649,12 +649,14 @@ class Buffer:
         now = time.time() if now is None else now
         cutoff = int((now - self.max_age) * 1000)
         dropped: list[tuple[int, int]] = []
+        gone_total = 0  #: rows deleted; those not in ``dropped`` were the data centre's alone
         reason = ""
         first = self.conn.execute(f"SELECT ts FROM outbox WHERE {self._DROPPABLE} ORDER BY seq LIMIT 1").fetchone()
         while first is not None and first[0] < cutoff:
             gone, aged = self._drop_oldest(5000, cutoff, keep)
             if not gone:
                 break
+            gone_total += gone
             dropped += aged
             reason = reason or "max_age"
         if self.used_bytes() > self.max_size and self._wal_bytes():
@@ -667,14 +669,33 @@ class Buffer:
             gone, sized = self._drop_oldest(n, None, keep)
             if not gone:
                 break  # only drop reports (and what MQTT holds) are left
+            gone_total += gone
             dropped += sized
             reason = "max_size"
             self._vacuum()
         if not reason:
             return []
+        named = sum(b - a + 1 for a, b in dropped)
+        if gone_total > named:
+            # Rows MQTT had delivered, waiting for the data centre alone: not named to the platform
+            # (it has them), but counted and said, as the data centre's protocol has no drop report.
+            total = self._add_dropped(gone_total - named)
+            log.warning(
+                "buffer retention (%s) dropped %d reading(s) the data centre had not received; "
+                "%d dropped in all (dropped_total)",
+                reason,
+                gone_total - named,
+                total,
+            )
         out = self._report_drop(reason, dropped, keep) if dropped else []
         self._vacuum()
         return out
+
+    def _add_dropped(self, count: int) -> int:
+        total = self._state("dropped_total", 0) + count
+        with self._tx():
+            self.conn.execute("UPDATE state SET value = ? WHERE key = 'dropped_total'", (total,))
+        return total
 
     _DROPPABLE = f"NOT (kind = {KIND_EVENT} AND quality = {EVENT_KEPT})"
 
@@ -700,19 +721,21 @@ class Buffer:
 
     def _report_drop(self, reason: str, dropped: list[tuple[int, int]], keep: Collection[int]) -> list[Row]:
         count = sum(b - a + 1 for a, b in dropped)
-        total = self._state("dropped_total", 0) + count
-        with self._tx():
-            self.conn.execute("UPDATE state SET value = ? WHERE key = 'dropped_total'", (total,))
-        # The reports still waiting are folded into this one (their seqs are named by it instead).
+        total = self._add_dropped(count)
+        # The reports still waiting are folded into this one (their seqs are named by it instead);
+        # not those on their way, nor a lost buffer's, which names no seqs (its range is unknown).
         earlier = self.conn.execute(
             f"SELECT seq, extra FROM outbox WHERE kind = {KIND_EVENT} AND quality = {EVENT_KEPT} ORDER BY seq"
         ).fetchall()
-        earlier = [(seq, extra) for seq, extra in earlier if seq not in keep]  # on its way: it names its own
         spans = list(dropped)
+        folded = []
         for seq, extra in earlier:
             old = json.loads(extra)
-            spans += [tuple(r) for r in old.get("ranges", [[old["first_seq"], old["last_seq"]]])]
+            if seq in keep or (not old.get("ranges") and old.get("first_seq") is None):
+                continue
+            spans += [tuple(r) for r in old.get("ranges") or [[old["first_seq"], old["last_seq"]]]]
             spans.append((seq, seq))
+            folded.append(seq)
         merged = _merge(spans)
         event = {
             "reason": reason,
@@ -725,8 +748,8 @@ class Buffer:
         }
         with self._tx():
             rows = self.append([], [Event("data_dropped", None, event)], kept=True)
-            if earlier:
-                self.conn.executemany("DELETE FROM outbox WHERE seq = ?", [(seq,) for seq, _ in earlier])
+            if folded:
+                self.conn.executemany("DELETE FROM outbox WHERE seq = ?", [(seq,) for seq in folded])
         if not rows:
             # No northbound takes drop reports (no mqtt: the data centre's protocol has none).
             log.warning(
@@ -738,10 +761,15 @@ class Buffer:
         return rows
 
     def _vacuum(self) -> None:
-        free = self.conn.execute("PRAGMA freelist_count").fetchone()[0]
-        if free:
-            self.conn.executescript(f"PRAGMA incremental_vacuum({int(free)});")
-            self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        """Give freed pages back to the file system. A failure (a full disk) is logged, not raised:
+        it must not stop the pass before its drop report is stored; the next pass tries again."""
+        try:
+            free = self.conn.execute("PRAGMA freelist_count").fetchone()[0]
+            if free:
+                self.conn.executescript(f"PRAGMA incremental_vacuum({int(free)});")
+                self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except (sqlite3.Error, OSError) as exc:
+            log.warning("buffer retention could not give freed pages back to the file system: %s", exc)
 
     def stats(self) -> dict[str, Any]:
         """``depth`` and ``oldest_unsent_age_s`` are MQTT's figures (as before schema 4), the data

@@ -179,6 +179,9 @@ class AckedRows:
             self._pending = seqs + self._pending
             self._report(len(seqs), str(exc))
             return
+        except BaseException:
+            self._pending = seqs + self._pending  # cancelled (a stop): the stop's own flush deletes them
+            raise
         if self._failed:
             log.warning("acknowledged rows are deleted from the buffer again")
             self._failed = ""
@@ -367,7 +370,14 @@ class DeliveryWindow:
         async with self._gate:
             self.take_acks()
             await self._acked.flush()  # what was acknowledged leaves as delivered, not as dropped
-            rows = await enforce(self._inflight_seqs | self._acked.seqs)
+            try:
+                rows = await enforce(self._inflight_seqs | self._acked.seqs)
+            except BaseException:
+                # Failed or cancelled (a stop) while the pass may still run in the buffer's thread:
+                # what was read ahead is read again, after it (the thread runs one job at a time).
+                self._feed.rewind()
+                self._wake.set()
+                raise
             for row in rows:
                 if row.extra is not None and "ranges" in row.extra:
                     self._feed.forget(row.extra["ranges"])

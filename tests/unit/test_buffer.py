@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sqlite3
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+
+import pytest
 
 from collector.daemon.buffer import DATACENTER, MQTT, Buffer, CorruptBuffer, _salvage
 from collector.daemon.records import KIND_EVENT, Event, Record
@@ -159,6 +162,32 @@ def test_retention_keeps_what_mqtt_holds_and_names_only_what_the_platform_lacks(
     events = b.enforce_retention(now=NOW.timestamp(), keep={5, 6, 11})  # report 11 on its way: not folded
     assert events[0].extra is not None and events[0].extra["ranges"] == [[12, 12]]
     assert [r.seq for r in b.rows()] == [5, 6, 11, 13]
+
+
+def test_rows_only_the_data_centre_waited_for_are_counted_and_said_when_dropped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    b = Buffer(tmp_path / "b.db", max_age=3600, northbounds=MQTT | DATACENTER)
+    b.append([rec(age=timedelta(hours=2)) for _ in range(10)])
+    b.done(list(range(1, 11)), MQTT)  # the platform has them all
+    with caplog.at_level(logging.WARNING, logger="collector.daemon.buffer"):
+        assert b.enforce_retention(now=NOW.timestamp()) == []  # nothing to name to the platform
+    assert b.depth(DATACENTER) == 0 and b.stats()["dropped_total"] == 10
+    assert any("dropped 10 reading(s) the data centre had not received" in r.getMessage() for r in caplog.records)
+
+
+def test_a_lost_buffers_report_stays_apart_and_retention_goes_on(tmp_path: Path) -> None:
+    path = tmp_path / "b.db"
+    b = Buffer(path, max_age=3600)
+    b.append([rec() for _ in range(3)])
+    b.close()
+    path.unlink()  # deleted under the daemon: its seqs are unknown
+    b = Buffer(path, max_age=3600)
+    lost = next(r for r in b.rows() if r.extra and r.extra.get("reason") == "buffer_lost")
+    b.append([rec(age=timedelta(hours=2)) for _ in range(5)])
+    events = b.enforce_retention(now=NOW.timestamp())
+    assert events[0].extra is not None and events[0].extra["ranges"] == [[lost.seq + 1, lost.seq + 5]]
+    assert [r.seq for r in b.rows()] == [lost.seq, events[0].seq]
 
 
 def test_a_failed_commit_leaves_the_buffer_usable(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ import contextlib
 import itertools
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Collection
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,7 +19,7 @@ import pytest
 from collector.daemon.buffer import AsyncBuffer, Buffer
 from collector.daemon.delivery import FRESH_SHARE, REJECT_RETRY, DeliveryWindow
 from collector.daemon.payloads import Topics
-from collector.daemon.records import Record
+from collector.daemon.records import Record, Row
 from tests.conftest import wait_until_async
 
 T0 = datetime(2026, 11, 27, 0, 0, tzinfo=UTC)
@@ -238,5 +239,59 @@ def test_retention_drops_nothing_on_its_way_and_nothing_it_dropped_is_sent(tmp_p
             await window.drain(10)
             assert await buf.depth() == 0
         assert link.seqs() == [*range(1, 16), 101]
+
+    asyncio.run(go())
+
+
+def test_a_retention_pass_cancelled_by_a_stop_sends_nothing_it_dropped(tmp_path: Path) -> None:
+    """The stop cancels the pass while it still runs in the buffer's thread: what the window had read
+    ahead is read again after it, so nothing the report names goes out."""
+
+    async def go() -> None:
+        raw = Buffer(tmp_path / "buf.db", max_age=3600)
+        raw.append([rec("old", i) for i in range(100)])
+        buf = AsyncBuffer(raw)
+        done: list[list[Row]] = []
+
+        def slow_pass(keep: set[int]) -> None:
+            time.sleep(0.3)  # a long vacuum on an SD card
+            done.append(raw.enforce_retention(keep=keep))
+
+        async def enforce(keep: set[int]) -> list[Row]:
+            await buf._call(slow_pass, keep)
+            return done[-1]
+
+        async with running(buf, 10) as (window, link):
+            await wait_until_async(lambda: len(link.sent) == 10, 10, "a full window")
+            task = asyncio.create_task(window.around_retention(enforce))
+            await wait_until_async(lambda: window._gate.locked(), 10, "the pass under way")
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await wait_until_async(lambda: bool(done), 10, "the pass to end in its thread")
+            report = done[0][0]
+            assert report.extra is not None
+            await ack_all(window, link, 11)
+        named = {s for a, b in report.extra["ranges"] for s in range(a, b + 1)}
+        assert named == set(range(11, 101))
+        assert link.seqs() == [*range(1, 11), report.seq]
+
+    asyncio.run(go())
+
+
+def test_an_ack_flush_cancelled_by_a_stop_keeps_its_rows_for_the_stops_own_flush(tmp_path: Path) -> None:
+    async def go() -> None:
+        _, buf = stored(tmp_path, 10)
+        async with running(buf, 10) as (window, link):
+            await ack_all(window, link, 10)
+            blocker = asyncio.ensure_future(buf._call(time.sleep, 0.3))  # a writer's append ahead of it
+            flush = asyncio.create_task(window.flush_acks())
+            await asyncio.sleep(0)
+            flush.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await flush
+            await blocker
+            await window.settle()  # what the stop does after cancelling the loops
+            assert await buf.depth() == 0
 
     asyncio.run(go())
