@@ -280,12 +280,14 @@ class BusWorker:
         mh = self.health.meter(meter.id)
         before = self._counts()
         ts = datetime.now(UTC)
-        result = await self.reader.read_meter(
-            meter.address, meter.model, list(meter.points), retries=0 if backoff.failures else None
-        )
+        try:
+            result = await self.reader.read_meter(
+                meter.address, meter.model, list(meter.points), retries=0 if backoff.failures else None
+            )
+        finally:
+            self._add_counts(before)  # what went out on the line counts, whatever the poll's outcome
         self.note_port(result.failure)
         reading = calibrate(meter, result, slot, ts)
-        self._add_counts(before)
         mh.polls += 1
         discovered = reading.model if reading.model is not meter.model else None
         if discovered is not None and self.on_model is not None and self.announced.get(meter.id) is not discovered:
