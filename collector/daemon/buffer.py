@@ -12,7 +12,9 @@
   (readings go to every northbound, interval consumption and events to MQTT only; a row no
   northbound takes is not stored). A northbound's acknowledgement clears its bit (``done``); a row
   leaves when its mask is 0, or by the retention limits (``enforce_retention``), which count what
-  they drop and report it as an event in the same transaction.
+  they drop and report it as an event. The drops commit batch by batch and the report after them:
+  a power cut in between loses those rows unnamed (a known gap: one transaction for the whole pass
+  would grow the WAL that ``max_size`` counts while the pass measures it).
 * ``auto_vacuum=INCREMENTAL`` so the file shrinks again after a long outage.
 
 Not thread-safe by design: the daemon calls it from one dedicated thread (``AsyncBuffer``).
