@@ -12,9 +12,8 @@
   (readings go to every northbound, interval consumption and events to MQTT only; a row no
   northbound takes is not stored). A northbound's acknowledgement clears its bit (``done``); a row
   leaves when its mask is 0, or by the retention limits (``enforce_retention``), which count what
-  they drop and report it as an event. The drops commit batch by batch and the report after them:
-  a power cut in between loses those rows unnamed (a known gap: one transaction for the whole pass
-  would grow the WAL that ``max_size`` counts while the pass measures it).
+  they drop and report it as an event: each batch of drops commits with its report (which folds
+  the one before), so a power cut leaves no dropped row unnamed.
 * ``auto_vacuum=INCREMENTAL`` so the file shrinks again after a long outage.
 
 Not thread-safe by design: the daemon calls it from one dedicated thread (``AsyncBuffer``).
@@ -650,17 +649,23 @@ class Buffer:
         """
         now = time.time() if now is None else now
         cutoff = int((now - self.max_age) * 1000)
-        dropped: list[tuple[int, int]] = []
-        gone_total = 0  #: rows deleted; those not in ``dropped`` were the data centre's alone
+        named = unnamed = 0  #: rows named to the platform; rows only the data centre waited for
+        out: list[Row] = []
         reason = ""
+
+        def took(batch: tuple[int, int, list[Row]] | None, why: str) -> bool:
+            nonlocal named, unnamed, out, reason
+            if batch is None:
+                return False
+            named, unnamed, reason = named + batch[0], unnamed + batch[1], why
+            out = batch[2] or out  # a new report replaces (folds) the one before
+            return True
+
         first = self.conn.execute(f"SELECT ts FROM outbox WHERE {self._DROPPABLE} ORDER BY seq LIMIT 1").fetchone()
-        while first is not None and first[0] < cutoff:
-            gone, aged = self._drop_oldest(5000, cutoff, keep)
-            if not gone:
-                break
-            gone_total += gone
-            dropped += aged
-            reason = reason or "max_age"
+        while (
+            first is not None and first[0] < cutoff and took(self._drop_batch("max_age", 5000, cutoff, keep), "max_age")
+        ):
+            pass
         if self.used_bytes() > self.max_size and self._wal_bytes():
             self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         while (excess := self.used_bytes() - self.max_size) > 0:
@@ -668,30 +673,47 @@ class Buffer:
             if count == 0:
                 break
             n = max(100, min(count, excess // max(1, self.used_bytes() // count) + 1))
-            gone, sized = self._drop_oldest(n, None, keep)
-            if not gone:
+            if not took(self._drop_batch("max_size", n, None, keep), "max_size"):
                 break  # only drop reports (and what MQTT holds) are left
-            gone_total += gone
-            dropped += sized
-            reason = "max_size"
             self._vacuum()
         if not reason:
             return []
-        named = sum(b - a + 1 for a, b in dropped)
-        if gone_total > named:
+        total = self._state("dropped_total", 0)
+        if unnamed:
             # Rows MQTT had delivered, waiting for the data centre alone: not named to the platform
             # (it has them), but counted and said, as the data centre's protocol has no drop report.
-            total = self._add_dropped(gone_total - named)
             log.warning(
                 "buffer retention (%s) dropped %d reading(s) the data centre had not received; "
                 "%d dropped in all (dropped_total)",
                 reason,
-                gone_total - named,
+                unnamed,
                 total,
             )
-        out = self._report_drop(reason, dropped, keep) if dropped else []
+        if named and not out:
+            # No northbound takes drop reports (no mqtt: the data centre's protocol has none).
+            log.warning(
+                "buffer retention (%s) dropped %d unsent message(s); %d dropped in all (dropped_total)",
+                reason,
+                named,
+                total,
+            )
         self._vacuum()
         return out
+
+    def _drop_batch(
+        self, reason: str, n: int, older_than_ms: int | None, keep: Collection[int]
+    ) -> tuple[int, int, list[Row]] | None:
+        """One batch of the oldest rows dropped, counted and named in one transaction with its
+        report, so a power cut leaves both or neither; None when nothing was left to drop. Returns
+        the rows named, the rows the platform had (the data centre's alone), the report's row."""
+        with self._tx():
+            gone, ranges = self._drop_oldest(n, older_than_ms, keep)
+            if not gone:
+                return None
+            count = sum(b - a + 1 for a, b in ranges)
+            if gone > count:
+                self._add_dropped(gone - count)
+            return count, gone - count, self._report_drop(reason, ranges, keep) if ranges else []
 
     def _add_dropped(self, count: int) -> int:
         total = self._state("dropped_total", 0) + count
@@ -752,14 +774,6 @@ class Buffer:
             rows = self.append([], [Event("data_dropped", None, event)], kept=True)
             if folded:
                 self.conn.executemany("DELETE FROM outbox WHERE seq = ?", [(seq,) for seq in folded])
-        if not rows:
-            # No northbound takes drop reports (no mqtt: the data centre's protocol has none).
-            log.warning(
-                "buffer retention (%s) dropped %d unsent message(s); %d dropped in all (dropped_total)",
-                reason,
-                count,
-                total,
-            )
         return rows
 
     def _vacuum(self) -> None:
