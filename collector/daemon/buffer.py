@@ -649,23 +649,12 @@ class Buffer:
         """
         now = time.time() if now is None else now
         cutoff = int((now - self.max_age) * 1000)
-        named = unnamed = 0  #: rows named to the platform; rows only the data centre waited for
-        out: list[Row] = []
+        batches: list[tuple[int, int, list[Row]]] = []  #: (rows named, rows the platform had, report)
         reason = ""
-
-        def took(batch: tuple[int, int, list[Row]] | None, why: str) -> bool:
-            nonlocal named, unnamed, out, reason
-            if batch is None:
-                return False
-            named, unnamed, reason = named + batch[0], unnamed + batch[1], why
-            out = batch[2] or out  # a new report replaces (folds) the one before
-            return True
-
         first = self.conn.execute(f"SELECT ts FROM outbox WHERE {self._DROPPABLE} ORDER BY seq LIMIT 1").fetchone()
-        while (
-            first is not None and first[0] < cutoff and took(self._drop_batch("max_age", 5000, cutoff, keep), "max_age")
-        ):
-            pass
+        while first is not None and first[0] < cutoff and (batch := self._drop_batch("max_age", 5000, cutoff, keep)):
+            batches.append(batch)
+            reason = "max_age"
         if self.used_bytes() > self.max_size and self._wal_bytes():
             self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         while (excess := self.used_bytes() - self.max_size) > 0:
@@ -673,11 +662,15 @@ class Buffer:
             if count == 0:
                 break
             n = max(100, min(count, excess // max(1, self.used_bytes() // count) + 1))
-            if not took(self._drop_batch("max_size", n, None, keep), "max_size"):
+            if not (batch := self._drop_batch("max_size", n, None, keep)):
                 break  # only drop reports (and what MQTT holds) are left
+            batches.append(batch)
+            reason = "max_size"
             self._vacuum()
-        if not reason:
+        if not batches:
             return []
+        named, unnamed = sum(b[0] for b in batches), sum(b[1] for b in batches)
+        out = next((b[2] for b in reversed(batches) if b[2]), [])  # each report folds the one before
         total = self._state("dropped_total", 0)
         if unnamed:
             # Rows MQTT had delivered, waiting for the data centre alone: not named to the platform
